@@ -1,0 +1,126 @@
+"""twistd's entry to chatlog: the command-line options and ``makeService``.
+
+``twistd [-n] chatlog [options]`` parses :class:`Options`, then calls
+:func:`makeService`, which wires the log writer, the protocol factory and
+the listening service together.  The reactor is imported only inside
+``makeService``, so importing this module never installs one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, cast
+
+from twisted.application import service
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from chatlog.logwriter import LogWriter
+from chatlog.protocol import ChatFactory
+from chatlog.records import FORMATS, make_formatter
+from chatlog.service import ChatlogService
+
+
+def _number(kind: type, minimum: float, what: str) -> Any:
+    def coerce(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not {what}") from None
+        if value < minimum:
+            raise ValueError(f"{text!r} is not {what}")
+        return value
+
+    coerce.coerceDoc = f"Must be {what}."  # type: ignore[attr-defined]
+    return coerce
+
+
+_positive_int = _number(int, 1, "a whole number of at least 1")
+_count = _number(int, 0, "a whole number, 0 for no limit")
+_seconds = _number(float, 0, "a number of seconds, 0 for never")
+
+
+def endpoint_description(text: str) -> str:
+    """``5000`` -> ``tcp:5000``; any endpoint string is checked and kept."""
+    text = text.strip()
+    if text.isdigit():
+        if not 0 <= int(text) <= 65535:
+            raise usage.UsageError(f"--port {text}: a TCP port is 0 to 65535")
+        return f"tcp:{text}"
+    try:
+        # Endpoint constructors only keep the reactor: parse without one so a
+        # typo is reported before twistd starts (and no reactor is installed).
+        serverFromString(cast(Any, None), text)
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        raise usage.UsageError(f"--port {text!r}: {error}") from None
+    return text
+
+
+class Options(usage.Options):
+    """``twistd chatlog`` options; see README.rst for what each one means."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Answer every line a client sends with 'Server received: <line>' and "
+        "log every connection and message.  A reply is sent only after its "
+        "record was written to the log."
+    )
+
+    optParameters = [
+        ["port", "p", "tcp:5000", "Where to listen: a port number or a Twisted endpoint string."],
+        ["logfile", "l", "chatlog.log", "The message log ('-' for standard output)."],
+        ["format", "f", "event", f"Log format: {', '.join(FORMATS)}."],
+        ["max-line", None, 65536, "Longest line accepted, in bytes.", _positive_int],
+        ["idle-timeout", None, 300.0, "Close a connection silent this long.", _seconds],
+        ["line-timeout", None, 30.0, "Close a connection that has not finished a started line within this many seconds.", _seconds],
+        ["max-connections", None, 10000, "Most connections at once.", _count],
+        ["max-per-ip", None, 1000, "Most connections at once from one address.", _count],
+    ]
+    optFlags = [
+        ["utc", None, "Timestamps in UTC instead of local time."],
+        ["fsync", None, "Reply only after the record is on disk (fdatasync per batch)."],
+    ]
+    compData = usage.Completions(
+        optActions={
+            "format": usage.CompleteList(list(FORMATS)),
+            "logfile": usage.CompleteFiles(),
+        }
+    )
+
+    def postOptions(self) -> None:
+        self["port"] = endpoint_description(self["port"])
+        if self["format"] not in FORMATS:
+            raise usage.UsageError(
+                f"--format {self['format']!r}: choose one of {', '.join(FORMATS)}"
+            )
+        self["utc"] = bool(self["utc"])
+        self["fsync"] = bool(self["fsync"])
+        logfile = self["logfile"]
+        if logfile != "-":
+            folder = os.path.dirname(os.path.abspath(logfile))
+            if not os.path.isdir(folder):
+                raise usage.UsageError(f"--logfile {logfile!r}: no such directory {folder}")
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    """Build the chatlog service tree from parsed ``options``."""
+    if reactor is None:
+        from twisted.internet import reactor
+    writer = LogWriter(
+        options["logfile"],
+        make_formatter(options["format"], utc=options["utc"]),
+        reactor,
+        fsync=options["fsync"],
+    )
+    factory = ChatFactory(
+        writer,
+        reactor,
+        max_line=options["max-line"],
+        idle_timeout=options["idle-timeout"],
+        line_timeout=options["line-timeout"],
+        max_connections=options["max-connections"],
+        max_per_ip=options["max-per-ip"],
+    )
+    top = service.MultiService()
+    ChatlogService(options["port"], factory, writer, reactor).setServiceParent(top)
+    return top

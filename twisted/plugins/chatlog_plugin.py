@@ -1,0 +1,14 @@
+"""twistd plugin registration for chatlog: ``twistd chatlog``.
+
+Only a name and a module path: twistd imports ``chatlog.tap`` when the
+subcommand is used, so a broken install can never break twistd itself.
+"""
+
+from twisted.application.service import ServiceMaker
+
+chatlog = ServiceMaker(
+    "chatlog",
+    "chatlog.tap",
+    "A line server that answers and logs every message.",
+    "chatlog",
+)
