@@ -56,7 +56,7 @@ class RunningServer:
     def connect(self, timeout: float = 10.0) -> socket.socket:
         return socket.create_connection(self.address, timeout=timeout)
 
-    def signal(self, signum: int) -> None:
+    def send_signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
     def wait_output(self, pattern: bytes, timeout: float = 10.0) -> bytes:
