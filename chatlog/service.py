@@ -118,13 +118,16 @@ class ChatlogService(service.Service):
             }
         )
         self.writer.flush()
-        log.info(
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        # Said once the reactor runs, so its SIGTERM handler is in place by
+        # the time anyone acts on this line.
+        self.reactor.callWhenRunning(
+            log.info,
             "chatlog {version} listening on {address}, logging to {path}",
             version=chatlog.__version__,
             address=self.address,
             path=self.writer.path,
         )
-        self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
 
     def _sighup(self, signum: int, frame: FrameType | None) -> None:
         # A signal can arrive in the middle of a flush: do the work in the reactor.
