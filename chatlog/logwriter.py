@@ -48,15 +48,16 @@ def _open_append(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
 
-def _ends_mid_record(fd: int) -> bool:
+def _ends_mid_record(path: str) -> bool:
     """True if the file is non-empty and does not end with a newline (a torn record)."""
     try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return False
-        return os.pread(fd, 1, size - 1) != b"\n"
+        with open(path, "rb") as file:
+            if file.seek(0, os.SEEK_END) == 0:
+                return False
+            file.seek(-1, os.SEEK_END)
+            return file.read(1) != b"\n"
     except OSError:
-        # Not a regular file (a pipe, a terminal, /dev/full): nothing to mend.
+        # Unreadable, or not a regular file (/dev/full, a pipe): nothing to mend.
         return False
 
 
@@ -110,7 +111,7 @@ class LogWriter:
             self.fd = 1
             return
         self.fd = _open_append(self.path)
-        self._torn = self._torn or _ends_mid_record(self.fd)
+        self._torn = self._torn or _ends_mid_record(self.path)
 
     def reopen(self) -> None:
         """Write what is staged to the old file, then continue in a new one.
@@ -124,7 +125,7 @@ class LogWriter:
             return
         new_fd = _open_append(self.path)
         old_fd, self.fd = self.fd, new_fd
-        self._torn = _ends_mid_record(new_fd)
+        self._torn = _ends_mid_record(self.path)
         if old_fd is not None:
             os.close(old_fd)
 

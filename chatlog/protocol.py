@@ -30,7 +30,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
 )
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
@@ -122,7 +122,7 @@ class ChatProtocol(LineOnlyReceiver):
         self.transport.registerProducer(self, True)
         self.observer(self._fields("connect"))
 
-    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None

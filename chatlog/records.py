@@ -56,7 +56,7 @@ CONNECTION_EVENTS = frozenset(
 # and a C-level regex search makes the common case cost next to nothing.
 _TEXT_UNSAFE = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")
 # For JSON the double quote must be escaped too.
-_JSON_UNSAFE = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+_JSON_UNSAFE = re.compile(rb"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 
 
 def _escape_char(ch: str) -> str:
@@ -184,8 +184,7 @@ def describe(event: Event) -> bytes:
         return b"connected"
     if kind == "disconnect":
         return (
-            f"{event['how']}, {_plural(event['messages'], 'message')}, "
-            f"{event['seconds']:.6f} s"
+            f"{event['how']}, {_plural(event['messages'], 'message')}, {event['seconds']:.6f} s"
         ).encode()
     if kind == "line_too_long":
         return f"line longer than {event['limit']} bytes, connection closed".encode()
@@ -295,10 +294,18 @@ def json_formatter(stamps: Timestamps) -> Formatter:
     dumps = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": ")).encode
 
     def format_json(event: Event) -> bytes:
-        out = [b'{"ts": "', stamps.iso(event["time"]), b'", "event": "', event["event"].encode(), b'"']
+        out = [
+            b'{"ts": "',
+            stamps.iso(event["time"]),
+            b'", "event": "',
+            event["event"].encode(),
+            b'"',
+        ]
         if "ip" in event:
-            out.append(b', "ip": %s, "port": %d, "conn": %d' % (
-                dumps(event["ip"]).encode(), event["port"], event["conn"]))
+            out.append(
+                b', "ip": %s, "port": %d, "conn": %d'
+                % (dumps(event["ip"]).encode(), event["port"], event["conn"])
+            )
         if "seq" in event:
             out.append(b', "seq": %d' % event["seq"])
         if "msg" in event:

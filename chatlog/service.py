@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -44,7 +44,11 @@ def _report_startup_error(
     kind: type[BaseException], value: BaseException, tb: TracebackType | None
 ) -> None:
     if isinstance(value, StartupError):
-        sys.stderr.write(f"chatlog: {value}\n")
+        # twistd has replaced sys.stderr with its log by now; the user's
+        # terminal is the original stderr.
+        stream = sys.__stderr__ or sys.stderr
+        stream.write(f"chatlog: {value}\n")
+        stream.flush()
         return
     sys.__excepthook__(kind, value, tb)
 
@@ -83,7 +87,7 @@ class ChatlogService(service.Service):
         endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome:
             # An endpoint that listens asynchronously (rare): report it later.
-            raise self._fail(f"{self.endpoint_description} did not start listening at once")
+            self._fail(f"{self.endpoint_description} did not start listening at once")
         if isinstance(outcome[0], Failure):
             error = outcome[0].value
             reason = getattr(error, "socketError", None) or error
@@ -91,7 +95,7 @@ class ChatlogService(service.Service):
         self.port = outcome[0]
         use_eager_transport(self.port)
 
-    def _fail(self, message: str) -> StartupError:
+    def _fail(self, message: str) -> NoReturn:
         # twistd shows a traceback for any exception at startup; a user who
         # typed a busy port deserves one line.  The hook changes only how
         # StartupError is printed; every other exception keeps its traceback.

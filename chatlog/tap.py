@@ -72,7 +72,13 @@ class Options(usage.Options):
         ["format", "f", "event", f"Log format: {', '.join(FORMATS)}."],
         ["max-line", None, 65536, "Longest line accepted, in bytes.", _positive_int],
         ["idle-timeout", None, 300.0, "Close a connection silent this long.", _seconds],
-        ["line-timeout", None, 30.0, "Close a connection that has not finished a started line within this many seconds.", _seconds],
+        [
+            "line-timeout",
+            None,
+            30.0,
+            "Close a connection that has not finished a started line within this many seconds.",
+            _seconds,
+        ],
         ["max-connections", None, 10000, "Most connections at once.", _count],
         ["max-per-ip", None, 1000, "Most connections at once from one address.", _count],
     ]

@@ -1,0 +1,191 @@
+"""The log writer on real files: batching, ack after write, reopen, errors, torn records."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from chatlog.logwriter import LogWriter
+from chatlog.records import make_formatter
+
+
+class Waiter:
+    def __init__(self) -> None:
+        self.results: list[bool] = []
+
+    def logWritten(self, ok: bool) -> None:
+        self.results.append(ok)
+
+
+def message(n: int, when: float = 1795332945.0) -> dict[str, Any]:
+    return {
+        "event": "message",
+        "time": when,
+        "ip": "127.0.0.1",
+        "port": 1,
+        "conn": 1,
+        "seq": n,
+        "msg": b"m%d" % n,
+    }
+
+
+@pytest.fixture
+def clock() -> Clock:
+    clock = Clock()
+    clock.advance(1795332945.0)
+    return clock
+
+
+def writer_for(path: Path, clock: Clock, **kwargs: Any) -> LogWriter:
+    writer = LogWriter(str(path), make_formatter("event", utc=True), clock, **kwargs)
+    writer.open()
+    return writer
+
+
+def test_one_write_per_turn_then_ack(tmp_path: Path, clock: Clock, monkeypatch) -> None:
+    """All records staged in one turn go out in one write(2), before any ack."""
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: Any) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting_write)
+    path = tmp_path / "chat.log"
+    writer = writer_for(path, clock)
+    waiter = Waiter()
+    for n in range(100):
+        writer(message(n))
+    writer.ackAfterWrite(waiter)
+    assert path.read_bytes() == b"" and waiter.results == []
+    clock.advance(0)
+    assert len(writes) == 1
+    assert waiter.results == [True]
+    assert path.read_bytes().count(b"\n") == 100
+
+
+def test_short_writes_are_continued(tmp_path: Path, clock: Clock, monkeypatch) -> None:
+    """A short write(2) is followed by another until the batch is all written."""
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
+    path = tmp_path / "chat.log"
+    writer = writer_for(path, clock)
+    for n in range(10):
+        writer(message(n))
+    writer.flush()
+    assert path.read_bytes().split(b"\n")[:-1] == [
+        b"Message Received: 2026-11-22 07:35:45.000000 - 127.0.0.1:1 #1 - m%d" % n
+        for n in range(10)
+    ]
+
+
+def test_appends_to_existing_log(tmp_path: Path, clock: Clock) -> None:
+    """An existing log is appended to, never truncated."""
+    path = tmp_path / "chat.log"
+    path.write_bytes(b"old record\n")
+    writer = writer_for(path, clock)
+    writer(message(1))
+    writer.close()
+    assert path.read_bytes().startswith(b"old record\nMessage Received:")
+
+
+def test_torn_last_record_is_ended_before_new_ones(tmp_path: Path, clock: Clock) -> None:
+    """After a crash mid-record, the next record starts on a fresh line."""
+    path = tmp_path / "chat.log"
+    path.write_bytes(b"complete\nMessage Rece")
+    writer = writer_for(path, clock)
+    writer(message(1))
+    writer.close()
+    lines = path.read_bytes().split(b"\n")
+    assert lines[:2] == [b"complete", b"Message Rece"]
+    assert lines[2].startswith(b"Message Received: ")
+
+
+def test_reopen_moves_on_without_loss_or_duplicates(tmp_path: Path, clock: Clock) -> None:
+    """logrotate's move then SIGHUP: staged records go to the old file, new ones to the new."""
+    path = tmp_path / "chat.log"
+    writer = writer_for(path, clock)
+    writer(message(1))
+    writer.flush()
+    writer(message(2))  # staged, not yet written, when the file is moved
+    path.rename(tmp_path / "chat.log.1")
+    writer.reopen()
+    writer(message(3))
+    writer.close()
+    old = (tmp_path / "chat.log.1").read_bytes()
+    new = path.read_bytes()
+    assert old.count(b"\n") == 2 and b"#1 - m1\n" in old and b"#1 - m2\n" in old
+    assert new.count(b"\n") == 1 and new.endswith(b"#1 - m3\n")
+
+
+def test_write_failure_refuses_then_recovers(tmp_path: Path, clock: Clock, monkeypatch) -> None:
+    """ENOSPC: the batch is refused; when writes work again a Log Error record says so."""
+    real_write = os.write
+    failing = [True]
+
+    def write(fd: int, data: Any) -> int:
+        if failing[0]:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    path = tmp_path / "chat.log"
+    writer = writer_for(path, clock)
+    waiter = Waiter()
+    writer(message(1))
+    writer(message(2))
+    writer({"event": "connect", "time": clock.seconds(), "ip": "127.0.0.1", "port": 1, "conn": 2})
+    writer.ackAfterWrite(waiter)
+    writer.flush()
+    assert waiter.results == [False]
+    assert writer.failing_since == clock.seconds()
+    clock.advance(3)
+    failing[0] = False
+    writer(message(3))
+    writer.ackAfterWrite(waiter)
+    writer.flush()
+    assert waiter.results == [False, True]
+    records = path.read_bytes().split(b"\n")[:-1]
+    assert records[0].startswith(b"Log Error: 2026-11-22 07:35:48.000000 - log unavailable for 3.000000 s")
+    assert b"2 messages refused, 1 other record lost" in records[0]
+    assert records[1].endswith(b"#1 - m3")
+    assert writer.failing_since is None and writer.write_errors == 1
+
+
+def test_dev_full_refuses_every_batch(clock: Clock) -> None:
+    """/dev/full: every batch is refused, none is acknowledged."""
+    writer = writer_for(Path("/dev/full"), clock)
+    waiter = Waiter()
+    for n in range(3):
+        writer(message(n))
+        writer.ackAfterWrite(waiter)
+        writer.flush()
+    assert waiter.results == [False, False, False]
+    writer.close()
+
+
+def test_fsync_calls_fdatasync_per_batch(tmp_path: Path, clock: Clock, monkeypatch) -> None:
+    """With fsync, each batch is fdatasync'ed once before its ack."""
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", synced.append)
+    writer = writer_for(tmp_path / "chat.log", clock, fsync=True)
+    waiter = Waiter()
+    for n in range(5):
+        writer(message(n))
+    writer.ackAfterWrite(waiter)
+    writer.flush()
+    assert synced == [writer.fd] and waiter.results == [True]
+
+
+def test_batch_callback_reports_size(tmp_path: Path, clock: Clock) -> None:
+    """on_batch gets the bytes written and the time taken, for metrics."""
+    batches: list[tuple[int, float]] = []
+    writer = writer_for(tmp_path / "chat.log", clock, on_batch=lambda n, s: batches.append((n, s)))
+    writer(message(1))
+    writer.flush()
+    assert batches == [(len((tmp_path / "chat.log").read_bytes()), 0.0)]

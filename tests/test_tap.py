@@ -1,0 +1,150 @@
+"""twistd's side: the options, makeService, the plugin, and clear startup errors."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from twisted.application.service import IService, MultiService
+from twisted.internet.task import Clock
+from twisted.python.usage import UsageError
+
+from chatlog.tap import Options, makeService
+from tests.serverproc import server_env, twistd_command
+
+DEFAULTS = {
+    "port": "tcp:5000",
+    "logfile": "chatlog.log",
+    "format": "event",
+    "utc": False,
+    "fsync": False,
+    "max-line": 65536,
+    "idle-timeout": 300.0,
+    "line-timeout": 30.0,
+    "max-connections": 10000,
+    "max-per-ip": 1000,
+}
+
+
+def parse(*argv: str) -> dict[str, object]:
+    options = Options()
+    options.parseOptions(list(argv))
+    return dict(options)
+
+
+def test_defaults() -> None:
+    """With no options chatlog listens on tcp:5000 and logs to chatlog.log."""
+    assert parse() == DEFAULTS
+
+
+def test_every_option(tmp_path: Path) -> None:
+    """Each option lands in the parsed dict with its type."""
+    log = str(tmp_path / "x.log")
+    assert parse(
+        "--port", "5001", "--logfile", log, "--format", "json", "--utc", "--fsync",
+        "--max-line", "100", "--idle-timeout", "1.5", "--line-timeout", "0",
+        "--max-connections", "0", "--max-per-ip", "7",
+    ) == {
+        "port": "tcp:5001",
+        "logfile": log,
+        "format": "json",
+        "utc": True,
+        "fsync": True,
+        "max-line": 100,
+        "idle-timeout": 1.5,
+        "line-timeout": 0.0,
+        "max-connections": 0,
+        "max-per-ip": 7,
+    }
+
+
+@pytest.mark.parametrize(
+    "port",
+    ["tcp:5000:interface=127.0.0.1", "tcp6:5000", "unix:/tmp/chat.sock", "haproxy:tcp:5000"],
+)
+def test_endpoint_strings_are_kept(port: str) -> None:
+    """Any endpoint string Twisted knows is accepted as it is."""
+    assert parse("--port", port)["port"] == port
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--port", "nope:1"], "Unknown endpoint type"),
+        (["--port", "70000"], "0 to 65535"),
+        (["--format", "xml"], "event, dash, json"),
+        (["--max-line", "0"], "at least 1"),
+        (["--max-line", "lots"], "at least 1"),
+        (["--idle-timeout", "-1"], "seconds"),
+        (["--max-per-ip", "-3"], "0 for no limit"),
+        (["--logfile", "/nonexistent/dir/x.log"], "no such directory"),
+        (["--port", "ssl:5000:privateKey=/nonexistent.pem"], "No such file"),
+    ],
+)
+def test_bad_values_are_usage_errors(argv: list[str], message: str) -> None:
+    """A bad value is a UsageError that says what is wrong."""
+    with pytest.raises(UsageError, match=message):
+        parse(*argv)
+
+
+def test_make_service_is_a_multiservice(tmp_path: Path) -> None:
+    """makeService builds the service tree without listening or importing a reactor."""
+    options = Options()
+    options.parseOptions(["--logfile", str(tmp_path / "x.log")])
+    top = makeService(options, reactor=Clock())
+    assert isinstance(top, MultiService)
+    chatlog = IService(top).getServiceNamed("chatlog")
+    assert chatlog.endpoint_description == "tcp:5000"
+    assert chatlog.writer.path == str(tmp_path / "x.log")
+    assert chatlog.factory.max_line == 65536
+    assert not (tmp_path / "x.log").exists()
+
+
+def run_twistd(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*twistd_command(), *argv],
+        cwd=tmp_path,
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.e2e
+def test_plugin_help(tmp_path: Path) -> None:
+    """``twistd chatlog --help`` finds the plugin and lists the options."""
+    result = run_twistd(tmp_path, "chatlog", "--help")
+    assert result.returncode == 0, result.stderr
+    for option in DEFAULTS:
+        assert f"--{option}" in result.stdout
+
+
+@pytest.mark.e2e
+def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    """A taken port: one line on stderr naming it, exit status 1, no traceback, no log."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_twistd(
+            tmp_path, "-n", "--pidfile=", "chatlog",
+            "--port", f"tcp:{port}:interface=127.0.0.1", "--logfile", "x.log",
+        )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"chatlog: cannot listen on tcp:{port}:interface=127.0.0.1: "
+        "[Errno 98] Address already in use\n"
+    )
+    assert "Traceback" not in result.stdout
+
+
+@pytest.mark.e2e
+def test_bad_option_is_a_usage_error(tmp_path: Path) -> None:
+    """twistd reports a bad chatlog option as a usage error, not a traceback."""
+    result = run_twistd(tmp_path, "-n", "chatlog", "--format", "xml")
+    assert result.returncode != 0
+    assert "--format 'xml': choose one of event, dash, json" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
