@@ -24,6 +24,7 @@ saying how long the log was unavailable and how much was refused.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -177,7 +178,7 @@ class LogWriter:
         if self._torn:
             records.insert(0, b"\n")
         data = b"".join(records)
-        started = self.clock.seconds()
+        started = time.perf_counter()
         written = 0
         try:
             if self.fd is None:
@@ -196,7 +197,7 @@ class LogWriter:
             self.failing_since = None
             self._refused = self._lost = 0
         if self.on_batch is not None:
-            self.on_batch(len(data), self.clock.seconds() - started)
+            self.on_batch(len(data), time.perf_counter() - started)
         return True
 
     def _write_failed(

@@ -63,6 +63,14 @@ def peer_address(address: object) -> tuple[str, int]:
     return "unix", 0
 
 
+def _peer_known_later(transport: object) -> bool:
+    """True for a HAProxy PROXY-protocol wrapper that has not read its header yet."""
+    return (
+        type(transport).__name__ == "HAProxyProtocolWrapper"
+        and getattr(transport, "_proxyInfo", None) is None
+    )
+
+
 @implementer(IHalfCloseableProtocol, IPushProducer)
 class ChatProtocol(LineOnlyReceiver):
     """One client connection."""
@@ -89,6 +97,7 @@ class ChatProtocol(LineOnlyReceiver):
         #: When the unfinished line now in the buffer began (None: no such line).
         self.line_started: float | None = None
         self.rejected = False
+        self.admitted = False  # counted in the factory's per-address table
         self.closed_by_server = False
         self._buffer = b""
         self._now = 0.0
@@ -101,12 +110,22 @@ class ChatProtocol(LineOnlyReceiver):
         self._transport_full = False  # the transport asked us to stop producing
         self._reading_paused = False
         self._abort_call: IDelayedCall | None = None
+        self._awaiting_peer = False
 
     # -- connection lifetime ------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.ip, self.port = peer_address(self.transport.getPeer())
         self.connected_at = self.last_activity = self.clock.seconds()
+        if _peer_known_later(self.transport):
+            # Behind a PROXY-protocol balancer the real client address is in
+            # the header that comes first: admit and log once it is parsed.
+            self._awaiting_peer = True
+            self.factory.track(self)
+            return
+        self._admit()
+
+    def _admit(self) -> None:
+        self.ip, self.port = peer_address(self.transport.getPeer())
         refusal = self.factory.admit(self)
         if refusal is not None:
             reason, limit, notice = refusal
@@ -138,6 +157,10 @@ class ChatProtocol(LineOnlyReceiver):
         self._closing = True
         self.factory.forget(self)
         if self.rejected:
+            return
+        if self._awaiting_peer:
+            # Closed before the PROXY header was complete: there is no client
+            # address to speak of, and nothing was sent.
             return
         if self.closed_by_server:
             how = "closed"
@@ -172,6 +195,9 @@ class ChatProtocol(LineOnlyReceiver):
     # -- reading lines ----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._awaiting_peer:
+            self._awaiting_peer = False
+            self._admit()
         if self._closing:
             return
         now = self.clock.seconds()
@@ -405,10 +431,17 @@ class ChatFactory(Factory):
     def buildProtocol(self, addr: object) -> ChatProtocol:
         return self.protocol(self)
 
-    def admit(self, proto: ChatProtocol) -> tuple[str, int, bytes] | None:
-        """Give ``proto`` its id; refuse it (reason, limit, notice) over a limit."""
+    def track(self, proto: ChatProtocol) -> None:
+        """Give ``proto`` its connection id and watch it for timeouts."""
         self.next_conn += 1
         proto.conn = self.next_conn
+        self.live[proto.conn] = proto
+
+    def admit(self, proto: ChatProtocol) -> tuple[str, int, bytes] | None:
+        """Count ``proto`` in; refuse it (reason, limit, notice) over a limit."""
+        if not proto.conn:
+            self.track(proto)
+        del self.live[proto.conn]  # not counted against the limit it is checked for
         if self.max_connections and len(self.live) >= self.max_connections:
             self.count_limit("rejected_busy")
             return "server busy", self.max_connections, ERROR_SERVER_BUSY
@@ -422,17 +455,19 @@ class ChatFactory(Factory):
             )
         self.live[proto.conn] = proto
         self.per_ip[proto.ip] = from_ip + 1
+        proto.admitted = True
         self.connections_total += 1
         return None
 
     def forget(self, proto: ChatProtocol) -> None:
         if self.live.pop(proto.conn, None) is None:
             return
-        left = self.per_ip[proto.ip] - 1
-        if left:
-            self.per_ip[proto.ip] = left
-        else:
-            del self.per_ip[proto.ip]
+        if proto.admitted:
+            left = self.per_ip[proto.ip] - 1
+            if left:
+                self.per_ip[proto.ip] = left
+            else:
+                del self.per_ip[proto.ip]
         if not self.live:
             waiting, self._drained = self._drained, []
             for d in waiting:

@@ -22,7 +22,7 @@ from types import FrameType, TracebackType
 from typing import Any, NoReturn
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -53,6 +53,32 @@ def _report_startup_error(
     sys.__excepthook__(kind, value, tb)
 
 
+def fail(message: str) -> NoReturn:
+    """Stop startup with ``message`` as one line on stderr and exit status 1."""
+    # twistd shows a traceback for any exception at startup; a user who
+    # typed a busy port deserves one line.  The hook changes only how
+    # StartupError is printed; every other exception keeps its traceback.
+    sys.excepthook = _report_startup_error
+    raise StartupError(message)
+
+
+def listen_now(reactor: Any, description: str, factory: Any) -> IListeningPort:
+    """Listen on endpoint ``description`` at once, or fail startup with one clear line."""
+    endpoint = serverFromString(reactor, description)
+    outcome: list[Any] = []
+    endpoint.listen(factory).addBoth(outcome.append)
+    if not outcome:
+        # Twisted's server endpoints all listen at once; one that does not
+        # is refused rather than left half-started.
+        fail(f"{description} did not start listening at once")
+    if isinstance(outcome[0], Failure):
+        problem = outcome[0].value
+        reason = getattr(problem, "socketError", None) or problem
+        fail(f"cannot listen on {description}: {reason}")
+    port: IListeningPort = outcome[0]
+    return port
+
+
 def describe_address(address: Any) -> str:
     """``127.0.0.1:5000``, ``[::1]:5000`` or a UNIX socket's path."""
     ip, port = peer_address(address)
@@ -81,26 +107,9 @@ class ChatlogService(service.Service):
         try:
             self.writer.open()
         except OSError as error:
-            self._fail(f"cannot open log {self.writer.path}: {error.strerror or error}")
-        endpoint = serverFromString(self.reactor, self.endpoint_description)
-        outcome: list[Any] = []
-        endpoint.listen(self.factory).addBoth(outcome.append)
-        if not outcome:
-            # An endpoint that listens asynchronously (rare): report it later.
-            self._fail(f"{self.endpoint_description} did not start listening at once")
-        if isinstance(outcome[0], Failure):
-            error = outcome[0].value
-            reason = getattr(error, "socketError", None) or error
-            self._fail(f"cannot listen on {self.endpoint_description}: {reason}")
-        self.port = outcome[0]
+            fail(f"cannot open log {self.writer.path}: {error.strerror or error}")
+        self.port = listen_now(self.reactor, self.endpoint_description, self.factory)
         use_eager_transport(self.port)
-
-    def _fail(self, message: str) -> NoReturn:
-        # twistd shows a traceback for any exception at startup; a user who
-        # typed a busy port deserves one line.  The hook changes only how
-        # StartupError is printed; every other exception keeps its traceback.
-        sys.excepthook = _report_startup_error
-        raise StartupError(message)
 
     @property
     def address(self) -> str:
@@ -168,3 +177,37 @@ class ChatlogService(service.Service):
         )
         self.writer.close()
         log.info("chatlog stopped")
+
+
+class MetricsService(service.Service):
+    """Serve Prometheus metrics over HTTP on one endpoint."""
+
+    name = "metrics"
+
+    def __init__(self, endpoint: str, site: Any, reactor: Any) -> None:
+        self.endpoint_description = endpoint
+        self.site = site
+        self.reactor = reactor
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self.port = listen_now(self.reactor, self.endpoint_description, self.site)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.port is None:
+            self.privilegedStartService()
+        assert self.port is not None
+        self.reactor.callWhenRunning(
+            log.info,
+            "chatlog metrics at http://{address}/metrics",
+            address=describe_address(self.port.getHost()),
+        )
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening)

@@ -18,7 +18,7 @@ from twisted.python import usage
 from chatlog.logwriter import LogWriter
 from chatlog.protocol import ChatFactory
 from chatlog.records import FORMATS, make_formatter
-from chatlog.service import ChatlogService
+from chatlog.service import ChatlogService, MetricsService
 
 
 def _number(kind: type, minimum: float, what: str) -> Any:
@@ -40,19 +40,19 @@ _count = _number(int, 0, "a whole number, 0 for no limit")
 _seconds = _number(float, 0, "a number of seconds, 0 for never")
 
 
-def endpoint_description(text: str) -> str:
+def endpoint_description(text: str, option: str = "--port") -> str:
     """``5000`` -> ``tcp:5000``; any endpoint string is checked and kept."""
     text = text.strip()
     if text.isdigit():
         if not 0 <= int(text) <= 65535:
-            raise usage.UsageError(f"--port {text}: a TCP port is 0 to 65535")
+            raise usage.UsageError(f"{option} {text}: a TCP port is 0 to 65535")
         return f"tcp:{text}"
     try:
         # Endpoint constructors only keep the reactor: parse without one so a
         # typo is reported before twistd starts (and no reactor is installed).
         serverFromString(cast(Any, None), text)
     except (ValueError, TypeError, KeyError, OSError) as error:
-        raise usage.UsageError(f"--port {text!r}: {error}") from None
+        raise usage.UsageError(f"{option} {text!r}: {error}") from None
     return text
 
 
@@ -81,6 +81,7 @@ class Options(usage.Options):
         ],
         ["max-connections", None, 10000, "Most connections at once.", _count],
         ["max-per-ip", None, 1000, "Most connections at once from one address.", _count],
+        ["metrics", None, None, "Serve Prometheus metrics at /metrics on this endpoint (e.g. tcp:9100)."],
     ]
     optFlags = [
         ["utc", None, "Timestamps in UTC instead of local time."],
@@ -95,6 +96,8 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self["port"] = endpoint_description(self["port"])
+        if self["metrics"] is not None:
+            self["metrics"] = endpoint_description(self["metrics"], option="--metrics")
         if self["format"] not in FORMATS:
             raise usage.UsageError(
                 f"--format {self['format']!r}: choose one of {', '.join(FORMATS)}"
@@ -129,4 +132,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     )
     top = service.MultiService()
     ChatlogService(options["port"], factory, writer, reactor).setServiceParent(top)
+    if options["metrics"] is not None:
+        from chatlog.metrics import make_registry, metrics_site
+
+        site = metrics_site(make_registry(factory, writer))
+        MetricsService(options["metrics"], site, reactor).setServiceParent(top)
     return top

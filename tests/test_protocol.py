@@ -367,3 +367,22 @@ def test_counters(factory: ChatFactory, log: FakeLog) -> None:
     a.dataReceived(b"1\n2\n")
     b.dataReceived(b"3\n")
     assert (factory.connections_total, factory.messages_total) == (2, 3)
+
+
+def test_proxy_protocol_logs_the_real_client(factory: ChatFactory, log: FakeLog) -> None:
+    """Behind HAProxy (PROXY v1 header) the log shows the client, not the balancer."""
+    from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+    wrapping = HAProxyWrappingFactory(factory)
+    proto = wrapping.buildProtocol(IPv4Address("TCP", "10.0.0.9", 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 40000))
+    proto.makeConnection(transport)
+    assert log.events == []
+    proto.dataReceived(b"PROXY TCP4 203.0.113.7 10.0.0.1 56324 5000\r\nhello\n")
+    log.flush()
+    assert [(e["event"], e["ip"], e["port"]) for e in log.events] == [
+        ("connect", "203.0.113.7", 56324),
+        ("message", "203.0.113.7", 56324),
+    ]
+    assert transport.value() == b"Server received: hello\n"
+    assert factory.per_ip == {"203.0.113.7": 1}

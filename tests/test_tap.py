@@ -25,6 +25,7 @@ DEFAULTS = {
     "line-timeout": 30.0,
     "max-connections": 10000,
     "max-per-ip": 1000,
+    "metrics": None,
 }
 
 
@@ -45,7 +46,7 @@ def test_every_option(tmp_path: Path) -> None:
     assert parse(
         "--port", "5001", "--logfile", log, "--format", "json", "--utc", "--fsync",
         "--max-line", "100", "--idle-timeout", "1.5", "--line-timeout", "0",
-        "--max-connections", "0", "--max-per-ip", "7",
+        "--max-connections", "0", "--max-per-ip", "7", "--metrics", "9100",
     ) == {
         "port": "tcp:5001",
         "logfile": log,
@@ -57,6 +58,7 @@ def test_every_option(tmp_path: Path) -> None:
         "line-timeout": 0.0,
         "max-connections": 0,
         "max-per-ip": 7,
+        "metrics": "tcp:9100",
     }
 
 
@@ -81,6 +83,7 @@ def test_endpoint_strings_are_kept(port: str) -> None:
         (["--max-per-ip", "-3"], "0 for no limit"),
         (["--logfile", "/nonexistent/dir/x.log"], "no such directory"),
         (["--port", "ssl:5000:privateKey=/nonexistent.pem"], "No such file"),
+        (["--metrics", "bogus:9100"], "--metrics 'bogus:9100': Unknown endpoint type"),
     ],
 )
 def test_bad_values_are_usage_errors(argv: list[str], message: str) -> None:
