@@ -409,7 +409,13 @@ class ChatFactory(Factory):
         max_connections: int = 10000,
         max_per_ip: int = 1000,
         close_grace: float = 2.0,
+        first_conn: int = 1,
+        conn_step: int = 1,
     ) -> None:
+        """
+        ``first_conn`` and ``conn_step`` number the connections; worker ``i``
+        of ``N`` uses ``i+1, i+1+N, ...`` so ids are unique across workers.
+        """
         self.observer = observer
         self.clock = clock
         self.max_line = max_line
@@ -420,7 +426,8 @@ class ChatFactory(Factory):
         self.close_grace = close_grace
         self.live: dict[int, ChatProtocol] = {}
         self.per_ip: dict[str, int] = {}
-        self.next_conn = 0
+        self.next_conn = first_conn
+        self.conn_step = conn_step
         # Counters read by metrics and the Server Stopped record.
         self.connections_total = 0
         self.messages_total = 0
@@ -433,8 +440,8 @@ class ChatFactory(Factory):
 
     def track(self, proto: ChatProtocol) -> None:
         """Give ``proto`` its connection id and watch it for timeouts."""
-        self.next_conn += 1
         proto.conn = self.next_conn
+        self.next_conn += self.conn_step
         self.live[proto.conn] = proto
 
     def admit(self, proto: ChatProtocol) -> tuple[str, int, bytes] | None:

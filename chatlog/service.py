@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, NoReturn
 
@@ -100,6 +101,10 @@ class ChatlogService(service.Service):
         self.writer = writer
         self.reactor = reactor
         self.port: IListeningPort | None = None
+        #: How to listen: on the endpoint; a worker adopts an inherited socket instead.
+        self.listen: Callable[[Any, str, ChatFactory], IListeningPort] = listen_now
+        #: Called after the log was reopened on SIGHUP (the worker pool relays it).
+        self.reopen_hooks: list[Callable[[], object]] = []
         self._previous_sighup: Any = None
 
     def privilegedStartService(self) -> None:
@@ -108,7 +113,7 @@ class ChatlogService(service.Service):
             self.writer.open()
         except OSError as error:
             fail(f"cannot open log {self.writer.path}: {error.strerror or error}")
-        self.port = listen_now(self.reactor, self.endpoint_description, self.factory)
+        self.port = self.listen(self.reactor, self.endpoint_description, self.factory)
         use_eager_transport(self.port)
 
     @property
@@ -150,6 +155,8 @@ class ChatlogService(service.Service):
         """Continue the log in a fresh file at the same path (logrotate's postrotate)."""
         self.writer.reopen()
         log.info("chatlog: reopened log {path}", path=self.writer.path)
+        for hook in self.reopen_hooks:
+            hook()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -82,6 +82,7 @@ class Options(usage.Options):
         ["max-connections", None, 10000, "Most connections at once.", _count],
         ["max-per-ip", None, 1000, "Most connections at once from one address.", _count],
         ["metrics", None, None, "Serve Prometheus metrics at /metrics on this endpoint (e.g. tcp:9100)."],
+        ["workers", None, 1, "Processes sharing the listening port, each with its own log.", _positive_int],
     ]
     optFlags = [
         ["utc", None, "Timestamps in UTC instead of local time."],
@@ -104,6 +105,8 @@ class Options(usage.Options):
             )
         self["utc"] = bool(self["utc"])
         self["fsync"] = bool(self["fsync"])
+        if self["workers"] > 1:
+            self._check_workers()
         logfile = self["logfile"]
         if logfile != "-":
             folder = os.path.dirname(os.path.abspath(logfile))
@@ -111,12 +114,50 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--logfile {logfile!r}: no such directory {folder}")
 
 
+    def _check_workers(self) -> None:
+        port = self["port"]
+        if port.startswith(("ssl:", "haproxy:ssl:")):
+            raise usage.UsageError(
+                "--workers with an ssl: port is not supported: terminate TLS in "
+                "HAProxy in front of the workers, or run one process"
+            )
+        if self["logfile"] == "-":
+            raise usage.UsageError("--workers needs a --logfile: each worker writes its own")
+        if self["metrics"] is not None:
+            raise usage.UsageError(
+                "--workers with --metrics is not supported yet: each worker keeps its own counters"
+            )
+
+    def as_argv(self) -> list[str]:
+        """These options as a command line, to start a worker with the same ones."""
+        argv: list[str] = []
+        for name, _, default, *_ in self.optParameters:
+            if self[name] is not None and self[name] != default:
+                argv += [f"--{name}", str(self[name])]
+        argv += [f"--{flag[0]}" for flag in self.optFlags if self[str(flag[0])]]
+        return argv
+
+
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     """Build the chatlog service tree from parsed ``options``."""
     if reactor is None:
         from twisted.internet import reactor
+    top = build_service(options, reactor)
+    if options["workers"] > 1:
+        from chatlog.workers import WorkerPool
+
+        chatlog = top.getServiceNamed("chatlog")
+        WorkerPool(chatlog, options.as_argv(), options["workers"], reactor).setServiceParent(top)
+    return top
+
+
+def build_service(options: Options, reactor: Any, worker: int = 0) -> service.MultiService:
+    """The services of one process: worker 0 listens, the others adopt its socket."""
+    from chatlog.workers import adopt_listening_socket, worker_logfile
+
+    workers = options["workers"]
     writer = LogWriter(
-        options["logfile"],
+        worker_logfile(options["logfile"], worker, workers),
         make_formatter(options["format"], utc=options["utc"]),
         reactor,
         fsync=options["fsync"],
@@ -129,9 +170,14 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         line_timeout=options["line-timeout"],
         max_connections=options["max-connections"],
         max_per_ip=options["max-per-ip"],
+        first_conn=worker + 1,
+        conn_step=workers,
     )
     top = service.MultiService()
-    ChatlogService(options["port"], factory, writer, reactor).setServiceParent(top)
+    chatlog = ChatlogService(options["port"], factory, writer, reactor)
+    if worker:
+        chatlog.listen = adopt_listening_socket
+    chatlog.setServiceParent(top)
     if options["metrics"] is not None:
         from chatlog.metrics import make_registry, metrics_site
 

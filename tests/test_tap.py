@@ -26,6 +26,7 @@ DEFAULTS = {
     "max-connections": 10000,
     "max-per-ip": 1000,
     "metrics": None,
+    "workers": 1,
 }
 
 
@@ -47,6 +48,7 @@ def test_every_option(tmp_path: Path) -> None:
         "--port", "5001", "--logfile", log, "--format", "json", "--utc", "--fsync",
         "--max-line", "100", "--idle-timeout", "1.5", "--line-timeout", "0",
         "--max-connections", "0", "--max-per-ip", "7", "--metrics", "9100",
+        "--workers", "1",
     ) == {
         "port": "tcp:5001",
         "logfile": log,
@@ -59,6 +61,7 @@ def test_every_option(tmp_path: Path) -> None:
         "max-connections": 0,
         "max-per-ip": 7,
         "metrics": "tcp:9100",
+        "workers": 1,
     }
 
 
@@ -84,12 +87,26 @@ def test_endpoint_strings_are_kept(port: str) -> None:
         (["--logfile", "/nonexistent/dir/x.log"], "no such directory"),
         (["--port", "ssl:5000:privateKey=/nonexistent.pem"], "No such file"),
         (["--metrics", "bogus:9100"], "--metrics 'bogus:9100': Unknown endpoint type"),
+        (["--workers", "0"], "at least 1"),
+        (["--workers", "2", "--logfile", "-"], "each worker writes its own"),
+        (["--workers", "2", "--metrics", "9100"], "not supported yet"),
     ],
 )
 def test_bad_values_are_usage_errors(argv: list[str], message: str) -> None:
     """A bad value is a UsageError that says what is wrong."""
     with pytest.raises(UsageError, match=message):
         parse(*argv)
+
+
+def test_as_argv_round_trips(tmp_path: Path) -> None:
+    """The options passed on to a worker parse back to the same options."""
+    argv = ["--port", "tcp:0:interface=127.0.0.1", "--logfile", str(tmp_path / "x.log"),
+            "--format", "dash", "--utc", "--max-line", "99", "--workers", "3"]
+    options = Options()
+    options.parseOptions(argv)
+    again = Options()
+    again.parseOptions(options.as_argv())
+    assert dict(again) == dict(options)
 
 
 def test_make_service_is_a_multiservice(tmp_path: Path) -> None:

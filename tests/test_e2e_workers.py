@@ -1,0 +1,75 @@
+"""End-to-end: ``--workers N`` shares the port, one log per worker, no orphans."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}").exists() else ""
+        if ") Z " in stat:  # a zombie has exited; its parent just has not reaped it
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.e2e
+def test_two_workers_share_the_port(chatlog_server, tmp_path: Path) -> None:
+    """Connections spread over both workers; each logs to its own file; ids stay unique."""
+    server = chatlog_server("--workers", "2")
+    server.wait_output(rb"\[worker 1\] .*listening on")
+    socks = [server.connect() for _ in range(40)]
+    for n, sock in enumerate(socks):
+        sock.sendall(b"hello %d\n" % n)
+    for n, sock in enumerate(socks):
+        assert sock.recv(100) == b"Server received: hello %d\n" % n
+        sock.close()
+    [worker] = children(server.proc.pid)
+    assert server.stop(signal.SIGTERM) == -signal.SIGTERM
+    assert wait_gone(worker)
+    logs = [tmp_path / "chatlog.log.w0", tmp_path / "chatlog.log.w1"]
+    assert not (tmp_path / "chatlog.log").exists()
+    ids: list[int] = []
+    messages = 0
+    for path in logs:
+        records = path.read_bytes().split(b"\n")[:-1]
+        assert records[0].startswith(b"Server Started:")
+        assert records[-1].startswith(b"Server Stopped:")
+        connects = [r for r in records if r.startswith(b"Connection:")]
+        assert connects, f"{path.name} served no connection"
+        ids += [int(re.search(rb" #(\d+) - ", r).group(1)) for r in connects]
+        messages += sum(r.startswith(b"Message Received:") for r in records)
+    assert messages == 40
+    assert len(ids) == len(set(ids)) == 40
+
+
+@pytest.mark.e2e
+def test_workers_end_with_a_killed_parent(chatlog_server) -> None:
+    """kill -9 of the parent leaves no orphan: the worker sees its stdin close and stops."""
+    server = chatlog_server("--workers", "2")
+    server.wait_output(rb"\[worker 1\] .*listening on")
+    [worker] = children(server.proc.pid)
+    server.stop(signal.SIGKILL)
+    assert wait_gone(worker)
+    with pytest.raises(OSError):
+        socket.create_connection(server.address, timeout=2).close()
