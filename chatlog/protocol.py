@@ -202,7 +202,9 @@ class ChatProtocol(LineOnlyReceiver):
             return
         now = self.clock.seconds()
         self._now = self.last_activity = now
-        lines = (self._buffer + data).split(b"\n")
+        if self._buffer:
+            data = self._buffer + data
+        lines = data.split(b"\n")
         self._buffer = lines.pop()
         if lines:
             self.line_started = now if self._buffer else None
@@ -214,7 +216,10 @@ class ChatProtocol(LineOnlyReceiver):
             # nothing read after it can ever become a record.
             lines.append(self._buffer)
             self._buffer = b""
-        self._add_lines(lines)
+        if self._backlog or len(lines) > self.LINES_PER_TURN:
+            self._add_lines(lines)
+        elif lines:
+            self._handle_lines(lines)
 
     def _add_lines(self, lines: list[bytes]) -> None:
         """Handle complete lines now, up to LINES_PER_TURN; queue the rest."""
@@ -228,40 +233,47 @@ class ChatProtocol(LineOnlyReceiver):
         self._handle_lines(lines)
 
     def _handle_lines(self, lines: list[bytes]) -> None:
+        """Log each line as a message and keep it for the reply after the write.
+
+        This is the hot path, written out rather than calling lineReceived
+        per line: one message costs one dict and one observer call.
+        """
+        observer = self.observer
+        unacked = self._unacked
         max_length = self.MAX_LENGTH
+        first = seq = self.messages
         for line in lines:
             if len(line) > max_length:
                 self.lineLengthExceeded(line)
                 break
-            self.lineReceived(line)
-        if self._unacked and not self._waiting:
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            seq += 1
+            observer(
+                {
+                    "event": "message",
+                    "time": self._now,
+                    "ip": self.ip,
+                    "port": self.port,
+                    "conn": self.conn,
+                    "seq": seq,
+                    "msg": line,
+                }
+            )
+            unacked.append(line)
+        self.factory.messages_total += seq - first
+        self.messages = seq
+        if unacked and not self._waiting:
             self._waiting = True
-            self.observer.ackAfterWrite(self)
+            observer.ackAfterWrite(self)
 
     def lineReceived(self, line: bytes) -> None:
-        if line[-1:] == b"\r":
-            line = line[:-1]
-        self.messages += 1
-        self.factory.messages_total += 1
-        self.observer(
-            {
-                "event": "message",
-                "time": self._now,
-                "ip": self.ip,
-                "port": self.port,
-                "conn": self.conn,
-                "seq": self.messages,
-                "msg": line,
-            }
-        )
-        self._unacked.append(line)
+        """One complete line (without its ``\\n``): log it, answer it after the write."""
+        self._handle_lines([line])
 
     def _unacked_lines_only(self, lines: list[bytes]) -> None:
         """Log lines that can no longer be answered (the connection is gone)."""
-        for line in lines:
-            if len(line) > self.MAX_LENGTH:
-                break
-            self.lineReceived(line)
+        self._handle_lines(lines)
         self._unacked = []
 
     def lineLengthExceeded(self, line: bytes) -> None:

@@ -135,6 +135,8 @@ class Timestamps:
         self._text_prefix = b""
         self._iso_prefix = b""
         self._iso_offset = b""
+        self._last_when = -1.0
+        self._last_text = b""
 
     def _refresh(self, second: int) -> None:
         parts = time.gmtime(second) if self.utc else time.localtime(second)
@@ -146,20 +148,27 @@ class Timestamps:
         hours, minutes = divmod(abs(offset) // 60, 60)
         self._iso_offset = f"{sign}{hours:02d}:{minutes:02d}".encode()
 
-    def _split(self, when: float) -> tuple[int, int]:
-        second, micros = divmod(int(when * 1_000_000), 1_000_000)
+    def _split(self, when: float) -> int:
+        """Microseconds within the second; refreshes the prefixes on a new second."""
+        micros = int(when * 1_000_000)
+        second = micros // 1_000_000
         if second != self._second:
             self._refresh(second)
-        return second, micros
+        return micros - second * 1_000_000
 
     def text(self, when: float) -> bytes:
         """``2026-11-22 14:35:45.123456`` (local time, or UTC with ``utc``)."""
-        _, micros = self._split(when)
-        return self._text_prefix + b"%06d" % micros
+        if when == self._last_when:
+            # Every line of one read shares its arrival time.
+            return self._last_text
+        micros = self._split(when)  # first: it may refresh the prefix
+        self._last_text = self._text_prefix + b"%06d" % micros
+        self._last_when = when
+        return self._last_text
 
     def iso(self, when: float) -> bytes:
         """``2026-11-22T14:35:45.123456+07:00``: ISO 8601 with the UTC offset."""
-        _, micros = self._split(when)
+        micros = self._split(when)  # first: it may refresh the prefix
         return self._iso_prefix + b"%06d" % micros + self._iso_offset
 
 
@@ -228,17 +237,50 @@ def _peer(event: Event) -> bytes:
 # --------------------------------------------------------------------------
 
 
+class _PeerLabels:
+    """``127.0.0.1:53122 #17 - `` per connection, made once rather than per record.
+
+    Entries are dropped when their connection's ``disconnect`` is formatted,
+    so the cache holds at most the open connections.
+    """
+
+    def __init__(self) -> None:
+        self._labels: dict[int, tuple[str, int, bytes]] = {}
+
+    def __call__(self, event: Event) -> bytes:
+        conn, ip, port = event["conn"], event["ip"], event["port"]
+        cached = self._labels.get(conn)
+        if cached is not None and cached[0] == ip and cached[1] == port:
+            return cached[2]
+        label = b"%s #%d - " % (_peer(event), conn)
+        self._labels[conn] = (ip, port, label)
+        return label
+
+    def forget(self, conn: int) -> None:
+        self._labels.pop(conn, None)
+
+
 def event_formatter(stamps: Timestamps) -> Formatter:
     """``Message Received: 2026-11-22 14:35:45.123456 - 127.0.0.1:53122 #17 - Hello``"""
     heads = {kind: name.encode() + b": " for kind, name in EVENT_NAMES.items()}
+    labels = _PeerLabels()
+    message_head = heads["message"]
 
     def format_event(event: Event) -> bytes:
         kind = event["event"]
+        if kind == "message":  # the hot path: one per line received
+            text = event["msg"]
+            if _TEXT_UNSAFE.search(text) is not None:
+                text = escape_text(text)[0]
+            return message_head + stamps.text(event["time"]) + b" - " + labels(event) + text + b"\n"
         head = heads[kind] + stamps.text(event["time"]) + b" - "
-        if kind in ("message", "sent", "reply"):
-            return b"%s%s #%d - %s\n" % (head, _peer(event), event["conn"], _message_text(event))
+        if kind in ("sent", "reply"):
+            return head + labels(event) + _message_text(event) + b"\n"
         if kind in CONNECTION_EVENTS:
-            return b"%s%s #%d - %s\n" % (head, _peer(event), event["conn"], describe(event))
+            record = head + labels(event) + describe(event) + b"\n"
+            if kind == "disconnect":
+                labels.forget(event["conn"])
+            return record
         return head + describe(event) + b"\n"
 
     return format_event
