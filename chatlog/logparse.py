@@ -403,20 +403,25 @@ def open_log(path: str | Path) -> IO[bytes]:
     return raw
 
 
-def records_of(lines: Iterable[bytes]) -> Iterator[bytes]:
+def records_of(lines: Iterable[bytes],
+               on_torn: Callable[[bytes], None] | None = None) -> Iterator[bytes]:
     """Records from lines split on ``\\n`` only: the newline (and a stray CR) removed.
 
     Iterating a binary file splits on ``\\n`` alone, never on U+2028 or
     ``\\x85``, which may be inside client text.  No record contains a raw CR
     (the formats escape it), so one before the newline is a CRLF conversion.
+    A last line without its newline is a record torn by a crash (never
+    acknowledged, says the contract): it goes to ``on_torn``, not out.
     """
     for line in lines:
         if line[-1:] == b"\n":
             line = line[:-1]
+        elif on_torn is not None:
+            on_torn(line)
+            return
         if line[-1:] == b"\r":
             line = line[:-1]
-        if line:
-            yield line
+        yield line  # even when empty, so that line numbers stay right
 
 
 class LogReader:
@@ -424,7 +429,8 @@ class LogReader:
 
     Iterate it (once) for the events in file order; ``format``, ``client``
     are known as soon as iteration begins, ``records``, ``unparsed`` and
-    ``examples`` once it ends.
+    ``examples`` once it ends.  An unterminated last record (``torn``) is
+    counted as unparsed.
     """
 
     def __init__(self, path: str | Path, *, utc: bool = False, fmt: str | None = None) -> None:
@@ -435,6 +441,7 @@ class LogReader:
         self.records = 0
         self.unparsed = 0
         self.examples: list[tuple[int, bytes]] = []
+        self.torn: bytes | None = None
         self._started = False
 
     def __iter__(self) -> Iterator[Parsed]:
@@ -442,7 +449,12 @@ class LogReader:
             raise RuntimeError(f"{self.path} is being read already")
         self._started = True
         with open_log(self.path) as f:
-            yield from self._events(records_of(f))
+            yield from self._events(records_of(f, self._set_torn))
+        if self.torn is not None:
+            self._bad(self.records + 1, self.torn)
+
+    def _set_torn(self, line: bytes) -> None:
+        self.torn = line
 
     def _events(self, records: Iterator[bytes]) -> Iterator[Parsed]:
         head = list(itertools.islice(records, _SNIFF_LINES))
@@ -452,11 +464,14 @@ class LogReader:
         if self.format is None:
             # Nothing parses in the first records: count the whole file as unparsed.
             for number, line in enumerate(itertools.chain(head, records), 1):
-                self._bad(number, line)
+                if line:
+                    self._bad(number, line)
             return
         parse = RecordParser(self.format, client=self.client, utc=self.utc).parse
         number = 0
         for number, line in enumerate(itertools.chain(head, records), 1):  # noqa: B007
+            if not line:
+                continue  # a blank line holds no record, and is harmless
             try:
                 event = parse(line)
             except _PARSE_ERRORS:
@@ -475,7 +490,7 @@ class LogReader:
 def parse_lines(lines: Iterable[bytes], fmt: str | None = None, *, utc: bool = False,
                 client: bool | None = None) -> list[Parsed]:
     """Parse records given as lines (for tests and small inputs); unparseable ones are skipped."""
-    records = list(records_of(lines))
+    records = [line for line in records_of(lines) if line]
     detected, is_client = detect(records[:_SNIFF_LINES], utc)
     fmt = fmt or detected
     if fmt is None:

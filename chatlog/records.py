@@ -269,7 +269,7 @@ def event_formatter(stamps: Timestamps) -> Formatter:
     def format_event(event: Event) -> bytes:
         kind = event["event"]
         if kind == "message":  # the hot path: one per line received
-            text = event["msg"]
+            text: bytes = event["msg"]
             if _TEXT_UNSAFE.search(text) is not None:
                 text = escape_text(text)[0]
             return message_head + stamps.text(event["time"]) + b" - " + labels(event) + text + b"\n"

@@ -237,6 +237,29 @@ static double proc_cpu_s(int pid) {
     return (double)(utime + stime) / (double)clk_tck;
 }
 
+/* Busy and total ticks of one CPU, from /proc/stat ("cpuN user nice system idle iowait ..."). */
+static int core_ticks(int cpu, unsigned long long *busy, unsigned long long *total) {
+    char want[32], line[512];
+    int wl = snprintf(want, sizeof want, "cpu%d ", cpu);
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f) return -1;
+    int found = -1;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, want, (size_t)wl)) continue;
+        unsigned long long v[10] = {0};
+        sscanf(line + wl, "%llu %llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+               &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9]);
+        /* guest time (v[8], v[9]) is already counted in user */
+        *total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+        /* Interrupt time (v[5], v[6]) is mostly the loopback traffic itself: not counted. */
+        *busy = v[0] + v[1] + v[2] + v[7];
+        found = 0;
+        break;
+    }
+    fclose(f);
+    return found;
+}
+
 static double self_cpu_s(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -248,7 +271,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: chatlog-loadgen --port P [--host 127.0.0.1] [--connections N]\n"
             "       [--pipeline K] [--rate R] [--duration S] [--warmup S] [--size B]\n"
-            "       [--pid SERVER_PID ...] [--label TEXT]\n");
+            "       [--pid SERVER_PID ...] [--server-core CPU] [--loadgen-core CPU]\n"
+            "       [--label TEXT]\n");
     exit(2);
 }
 
@@ -256,6 +280,7 @@ int main(int argc, char **argv) {
     const char *host = "127.0.0.1", *port = NULL, *label = "";
     double duration = 3.0, warmup = 1.0, rate = 0.0, connect_timeout = 15.0;
     int pids[MAX_PIDS], npids = 0;
+    int cores[2] = {-1, -1};  /* the server's and the generator's CPU, to see who else ran there */
     nconns = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -271,6 +296,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--size")) msg_size = atoi(v);
         else if (!strcmp(a, "--connect-timeout")) connect_timeout = atof(v);
         else if (!strcmp(a, "--label")) label = v;
+        else if (!strcmp(a, "--server-core")) cores[0] = atoi(v);
+        else if (!strcmp(a, "--loadgen-core")) cores[1] = atoi(v);
         else if (!strcmp(a, "--pid")) {
             if (npids == MAX_PIDS) usage();
             pids[npids++] = atoi(v);
@@ -346,11 +373,14 @@ int main(int argc, char **argv) {
     uint64_t window_start = start + (uint64_t)(warmup * 1e9);
     uint64_t window_end = window_start + (uint64_t)(duration * 1e9);
     double cpu0 = 0, srv0[MAX_PIDS] = {0};
+    unsigned long long core_busy0[2] = {0}, core_total0[2] = {0};
 
     if (warmup <= 0) {
         counting = 1;
         cpu0 = self_cpu_s();
         for (int p = 0; p < npids; p++) srv0[p] = proc_cpu_s(pids[p]);
+        for (int k = 0; k < 2; k++)
+            if (cores[k] >= 0) core_ticks(cores[k], &core_busy0[k], &core_total0[k]);
     }
 
     /* Open loop: message j is due at start + j * interval, on connection j % live. */
@@ -381,6 +411,8 @@ int main(int argc, char **argv) {
             hist_sum = 0;
             cpu0 = self_cpu_s();
             for (int p = 0; p < npids; p++) srv0[p] = proc_cpu_s(pids[p]);
+            for (int k = 0; k < 2; k++)
+                if (cores[k] >= 0) core_ticks(cores[k], &core_busy0[k], &core_total0[k]);
         }
         if (t >= window_end) break;
         if (nlive == 0) break;
@@ -445,6 +477,16 @@ int main(int argc, char **argv) {
         if (c1 < 0 || srv0[p] < 0) srv_ok = 0;
         else srv_cpu += c1 - srv0[p];
     }
+    /* How busy each core was, and how much of that was neither us nor the server:
+       other processes on a shared machine make a run meaningless. */
+    double core_busy_pct[2] = {-1, -1};
+    for (int k = 0; k < 2; k++) {
+        unsigned long long b, tot;
+        if (cores[k] >= 0 && core_ticks(cores[k], &b, &tot) == 0 && tot > core_total0[k])
+            core_busy_pct[k] = 100.0 * (double)(b - core_busy0[k]) / (double)(tot - core_total0[k]);
+    }
+    double other_server_core = core_busy_pct[0] >= 0 && srv_ok ? core_busy_pct[0] - 100.0 * srv_cpu / window : -1;
+    double other_loadgen_core = core_busy_pct[1] >= 0 ? core_busy_pct[1] - 100.0 * cpu / window : -1;
     int alive = 0;
     for (int i = 0; i < nconns; i++) alive += conns[i].fd >= 0;
 
@@ -454,14 +496,18 @@ int main(int argc, char **argv) {
            "\"sent\": %llu, \"replies\": %llu, \"errors\": %llu, \"dropped\": %llu, "
            "\"msgs_per_s\": %.1f, \"mean_ms\": %.4f, \"min_ms\": %.4f, \"p50_ms\": %.4f, "
            "\"p90_ms\": %.4f, \"p99_ms\": %.4f, \"p999_ms\": %.4f, \"max_ms\": %.4f, "
-           "\"loadgen_cpu_s\": %.4f, \"loadgen_cpu_pct\": %.1f, ",
+           "\"loadgen_cpu_s\": %.4f, \"loadgen_cpu_pct\": %.1f, "
+           "\"server_core_busy_pct\": %.1f, \"server_core_other_pct\": %.1f, "
+           "\"loadgen_core_other_pct\": %.1f, ",
            label, rate > 0 ? "open" : "closed", nconns, pipeline_k, rate, msg_size, window,
            connect_s, failed, (unsigned long long)closed_early, alive,
            (unsigned long long)sent, (unsigned long long)replies,
            (unsigned long long)errors, (unsigned long long)dropped, replies / window,
            hist_count ? (double)(hist_sum / hist_count) / 1e6 : 0.0,
            hist_count ? hist_min / 1e6 : 0.0, percentile_ms(50), percentile_ms(90),
-           percentile_ms(99), percentile_ms(99.9), hist_max / 1e6, cpu, 100.0 * cpu / window);
+           percentile_ms(99), percentile_ms(99.9), hist_max / 1e6, cpu, 100.0 * cpu / window,
+           core_busy_pct[0], other_server_core < 0 ? -1.0 : (other_server_core > 0 ? other_server_core : 0.0),
+           other_loadgen_core < 0 ? -1.0 : (other_loadgen_core > 0 ? other_loadgen_core : 0.0));
     if (srv_ok)
         printf("\"server_cpu_s\": %.4f, \"server_cpu_pct\": %.1f, \"cpu_us_per_msg\": %.3f}\n",
                srv_cpu, 100.0 * srv_cpu / window, replies ? srv_cpu * 1e6 / (double)replies : 0.0);

@@ -110,6 +110,7 @@ class Summary:
             "histogram_unit": "us",
             "client_cpu_s": round(self.cpu_s, 3),
             "procs": self.procs,
+            "problems": self.problems,
         }
 
     @classmethod
@@ -122,6 +123,7 @@ class Summary:
             histogram=decode_histogram(data["histogram"]),
             cpu_s=data.get("client_cpu_s", 0.0),
             procs=data.get("procs", 1),
+            problems=list(data.get("problems", [])),
         )
 
     @classmethod
