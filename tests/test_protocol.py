@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from itertools import pairwise
 from typing import Any
 
@@ -14,7 +16,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from chatlog.logwriter import LogWriter
 from chatlog.protocol import ChatFactory, ChatProtocol
+from chatlog.records import make_formatter, unescape_text
 
 
 class FakeLog:
@@ -386,3 +390,52 @@ def test_proxy_protocol_logs_the_real_client(factory: ChatFactory, log: FakeLog)
     ]
     assert transport.value() == b"Server received: hello\n"
     assert factory.per_ip == {"203.0.113.7": 1}
+
+
+RECORD = re.compile(
+    rb"(Connection|Message Received|Line Too Long): "
+    rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6} - 127\.0\.0\.1:53122 #1 - (.*)"
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.binary(max_size=600),
+    st.lists(st.integers(min_value=1, max_value=600), max_size=10),
+    st.sampled_from(["event", "dash", "json"]),
+)
+def test_real_log_any_bytes_any_chunking(
+    tmp_path_factory: pytest.TempPathFactory, stream: bytes, cuts: list[int], fmt: str
+) -> None:
+    """Through the real writer: one record per line, no control bytes, exact messages back."""
+    path = tmp_path_factory.mktemp("log") / "chat.log"
+    clock = Clock()
+    clock.advance(1795332945.0)
+    writer = LogWriter(str(path), make_formatter(fmt, utc=True), clock)
+    writer.open()
+    factory = ChatFactory(writer, clock, max_line=100)
+    proto, transport = connect(factory)
+    points = [0, *sorted({c for c in cuts if c < len(stream)}), len(stream)]
+    for start, end in pairwise(points):
+        proto.dataReceived(stream[start:end])
+        clock.advance(0)
+    writer.close()
+    data = path.read_bytes()
+    assert not re.search(rb"[\x00-\x09\x0b-\x1f\x7f]", data)
+    records = data.split(b"\n")
+    assert records.pop() == b""
+    received = transport.value().count(b"\n")
+    messages = [r for r in records if b"Message Received" in r or b'"event": "message"' in r]
+    assert len(messages) == proto.messages == received
+    if fmt == "event":
+        texts = []
+        for record in records:
+            match = RECORD.fullmatch(record)
+            assert match, record
+            if match.group(1) == b"Message Received":
+                texts.append(unescape_text(match.group(2).decode()))
+        assert texts == [e[:-1] if e.endswith(b"\r") else e for e in stream.split(b"\n")[: len(texts)]]
+    if fmt == "json":
+        for record in records:
+            assert record.isascii()
+            json.loads(record)
