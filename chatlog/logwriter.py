@@ -204,7 +204,7 @@ class LogWriter:
         self, error: OSError, written: int, data: bytes, messages: int, records: int
     ) -> None:
         self.write_errors += 1
-        if written and data[written - 1 : written] != b"\n":
+        if written and not self._take_back(written) and data[written - 1 : written] != b"\n":
             self._torn = True
         self.last_error = str(error)
         self._refused += messages
@@ -218,6 +218,24 @@ class LogWriter:
                 error=self.last_error,
             )
 
+    def _take_back(self, written: int) -> bool:
+        """Remove the part of a failed batch that did reach the file.
+
+        Its messages are answered ``ERROR log unavailable``, so their records
+        must not stay (a client that retries would be logged twice), and a
+        half-written record would break "one record per line".  This writer
+        is the only one appending to its file, so the batch is the last
+        ``written`` bytes.  Returns False when the file cannot be cut (a pipe,
+        /dev/full, EIO): the caller then ends the torn line instead.
+        """
+        assert self.fd is not None
+        try:
+            end = os.lseek(self.fd, 0, os.SEEK_END)
+            os.ftruncate(self.fd, end - written)
+        except OSError:
+            return False
+        return True
+
     def _outage_record(self) -> bytes:
         assert self.failing_since is not None
         now = self.clock.seconds()
@@ -226,7 +244,7 @@ class LogWriter:
                 "event": "log_error",
                 "time": now,
                 "error": self.last_error,
-                "seconds": now - self.failing_since,
+                "seconds": round(now - self.failing_since, 6),
                 "refused": self._refused,
                 "lost": self._lost,
             }

@@ -191,3 +191,44 @@ def test_batch_callback_reports_size(tmp_path: Path, clock: Clock) -> None:
     [(size, seconds)] = batches
     assert size == len((tmp_path / "chat.log").read_bytes())
     assert 0 <= seconds < 1
+
+
+def test_partial_batch_is_taken_back(tmp_path: Path, clock: Clock, monkeypatch) -> None:
+    """Disk full mid-batch: what reached the file is cut off, so no refused or torn record stays."""
+    real_write = os.write
+    space: list[int | None] = [None]  # bytes left on the "disk"; None: plenty
+
+    def write(fd: int, data: Any) -> int:
+        left = space[0]
+        if left is None:
+            return real_write(fd, data)
+        if left == 0:
+            raise OSError(28, "No space left on device")
+        written = real_write(fd, bytes(data[:left]))
+        space[0] = left - written
+        return written
+
+    monkeypatch.setattr(os, "write", write)
+    path = tmp_path / "chat.log"
+    writer = writer_for(path, clock)
+    waiter = Waiter()
+    writer(message(1))
+    writer.flush()
+    before = path.read_bytes()
+    space[0] = 30  # a short write, then ENOSPC
+    writer(message(2))
+    writer(message(3))
+    writer.ackAfterWrite(waiter)
+    writer.flush()
+    assert waiter.results == [False]
+    assert path.read_bytes() == before
+    space[0] = None
+    writer(message(4))
+    writer.flush()
+    records = path.read_bytes().split(b"\n")[:-1]
+    assert [r.rsplit(b" - ", 1)[1] for r in records] == [
+        b"m1",
+        b"log unavailable for 0.000000 s ([Errno 28] No space left on device): "
+        b"2 messages refused, 0 other records lost",
+        b"m4",
+    ]
