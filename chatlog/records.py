@@ -221,7 +221,7 @@ def _message_text(event: Event) -> bytes:
     """The escaped client text of a message, plus the round trip for replies."""
     text, _ = escape_text(event["msg"])
     if event["event"] == "reply":
-        text += b" (rtt %.3f ms)" % event["rtt_ms"]
+        text += b" (rtt %.6f ms)" % event["rtt_ms"]
     return text
 
 
