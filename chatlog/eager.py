@@ -20,21 +20,22 @@ from typing import Any
 from twisted.internet import tcp
 
 
-class EagerServer(tcp.Server):
-    """A ``tcp.Server`` whose ``write`` tries ``send`` first on an empty buffer."""
+class EagerWriteMixin:
+    """``write`` that tries ``send`` first on an empty buffer; for tcp.Server and tcp.Client."""
 
     def write(self, data: bytes) -> None:
+        connection: Any = self
         if (
             data
-            and self.connected
-            and not self.disconnecting
-            and not self.TLS
-            and not self._writeDisconnected
-            and not self._tempDataLen
-            and self.offset == len(self.dataBuffer)
+            and connection.connected
+            and not connection.disconnecting
+            and not connection.TLS
+            and not connection._writeDisconnected
+            and not connection._tempDataLen
+            and connection.offset == len(connection.dataBuffer)
         ):
             try:
-                sent = self.socket.send(data)
+                sent = connection.socket.send(data)
             except OSError:
                 # EAGAIN: the kernel buffer is full.  Anything else: the stock
                 # path meets the same error in doWrite and closes properly.
@@ -42,7 +43,11 @@ class EagerServer(tcp.Server):
             if sent == len(data):
                 return
             data = data[sent:]
-        super().write(data)
+        super().write(data)  # type: ignore[misc]
+
+
+class EagerServer(EagerWriteMixin, tcp.Server):
+    """A server-side TCP transport that sends at once when nothing is queued."""
 
 
 def use_eager_transport(port: Any) -> bool:

@@ -1,0 +1,257 @@
+"""Running the client for real: address, endpoints (TCP or TLS), load runs, progress.
+
+The protocols know nothing of sockets; this module resolves the server once,
+builds the endpoint every connection uses, connects them all before the
+clock starts (so setting up 1000 connections is not measured as latency),
+shows a progress bar when stderr is a terminal, and reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, error, ssl
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IReadDescriptor, IStreamClientEndpoint
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from chatlog.client.clientlog import ClientLog
+from chatlog.client.eager import EagerConnecting
+from chatlog.client.load import LoadPlan, LoadRun
+from chatlog.client.stats import Summary
+
+#: Connection attempts in progress at once: a server's accept backlog (50 in
+#: Twisted) overflows with thousands of simultaneous SYNs, and a dropped SYN
+#: costs a second's retransmission.
+CONNECT_CONCURRENCY = 64
+
+
+class ClientError(Exception):
+    """Something the user must hear about in one line (refused, dropped, ...); exit 1."""
+
+
+def resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
+    """The server's address family and IP, looked up once for every connection."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise ClientError(f"cannot resolve {host}: {error.strerror or error}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, str(sockaddr[0])
+
+
+def describe(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def make_endpoint(reactor: Any, options: argparse.Namespace, family: int, ip: str) -> IStreamClientEndpoint:
+    """TCP to ``ip``, wrapped in TLS with ``--tls`` (server name checked against ``--host``)."""
+    kind = TCP6ClientEndpoint if family == socket.AF_INET6 else TCP4ClientEndpoint
+    if isinstance(reactor, PosixReactorBase):
+        # Send each batch at once instead of on the next turn (see chatlog.client.eager).
+        reactor = EagerConnecting(reactor)
+    endpoint: IStreamClientEndpoint = kind(reactor, ip, options.port, timeout=options.timeout)
+    if options.tls:
+        trust: Any = None
+        if options.ca:
+            try:
+                with open(options.ca, "rb") as pem:
+                    trust = ssl.trustRootFromCertificates(
+                        [ssl.Certificate.loadPEM(pem.read())]
+                    )
+            except (OSError, ValueError) as error:
+                raise ClientError(f"--ca {options.ca}: {error}") from None
+        endpoint = wrapClientTLS(ssl.optionsForClientTLS(options.host, trustRoot=trust), endpoint)
+    return endpoint
+
+
+def connection_error(failure: Failure, where: str) -> ClientError:
+    """One line for a failed connection attempt, without Twisted's boilerplate."""
+    if failure.check(error.ConnectionRefusedError):
+        why = "connection refused"
+    elif failure.check(error.TimeoutError, defer.CancelledError):
+        why = "timed out"
+    else:
+        why = failure.getErrorMessage()
+    return ClientError(f"cannot connect to {where}: {why}")
+
+
+async def connect_all(endpoint: IStreamClientEndpoint, run: LoadRun, where: str) -> None:
+    """Connect every protocol of ``run``; on any failure abort them all and raise."""
+    gate = DeferredSemaphore(CONNECT_CONCURRENCY)
+    attempts = [gate.run(connectProtocol, endpoint, proto) for proto in run.build_protocols()]
+    results = await DeferredList(attempts, consumeErrors=True)
+    failures = [result for ok, result in results if not ok]
+    if failures:
+        for proto in run.protocols:
+            if proto.connected:
+                proto.transport.abortConnection()
+        raise connection_error(failures[0], where)
+
+
+@implementer(IReadDescriptor)
+class LineReader:
+    """Read lines from a file descriptor (standard input) without blocking the reactor.
+
+    ``twisted.internet.stdio.StandardIO`` would also take standard output and
+    close it at end of input; this only reads.  Regular files, which epoll
+    refuses, are polled by the reactor (Twisted does that by itself).
+    """
+
+    def __init__(self, reactor: Any, fd: int, on_line: Callable[[bytes], None], on_eof: Callable[[], None]) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self.on_line = on_line
+        self.on_eof = on_eof
+        self.buffer = b""
+        self.reading = False
+
+    def start(self) -> None:
+        if not self.reading:
+            self.reading = True
+            self.reactor.addReader(self)
+
+    def stop(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.reactor.removeReader(self)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "stdin"
+
+    def doRead(self) -> None:
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._end()
+            return
+        lines = (self.buffer + data).split(b"\n")
+        self.buffer = lines.pop()
+        for line in lines:
+            self.on_line(line[:-1] if line.endswith(b"\r") else line)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The reactor calls this instead of doRead when a pipe hangs up.
+        self._end()
+
+    def _end(self) -> None:
+        if not self.reading:
+            return
+        self.stop()
+        if self.buffer:
+            last, self.buffer = self.buffer, b""
+            self.on_line(last[:-1] if last.endswith(b"\r") else last)
+        self.on_eof()
+
+
+def wait_for_go(reactor: Any) -> Deferred[None]:
+    """``--worker``: say ``ready`` on stdout, then wait for a line on stdin (the barrier)."""
+    go: Deferred[None] = Deferred()
+
+    def fire(*_: object) -> None:
+        reader.stop()
+        if not go.called:
+            go.callback(None)
+
+    reader = LineReader(reactor, sys.stdin.fileno(), fire, fire)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    reader.start()
+    return go
+
+
+class ProgressBar:
+    """A rich progress bar on stderr, updated on the run's ticks."""
+
+    def __init__(self, plan: LoadPlan) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.plan = plan
+        self.by_time = plan.messages is None
+        self.progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[done]} msgs  {task.fields[rate]} msgs/s"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        total = (
+            plan.warmup + (plan.duration or 0.0)
+            if self.by_time
+            else float(plan.messages or 0) * plan.connections
+        )
+        self.task = self.progress.add_task("load", total=total, done=0, rate="-")
+        self.progress.start()
+        self._last = (0, 0)
+
+    def update(self, run: LoadRun) -> None:
+        done = run.completed()
+        now = run.now_ns()
+        last_done, last_ns = self._last
+        rate = (done - last_done) / ((now - last_ns) / 1e9) if last_ns else 0.0
+        self._last = (done, now)
+        completed = (now - run.start_ns) / 1e9 if self.by_time else done
+        warming = now < run.measure_from
+        self.progress.update(
+            self.task,
+            completed=completed,
+            done=done,
+            rate=f"{rate:,.0f}",
+            description="warmup" if warming else "load",
+        )
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+async def run_load(reactor: Any, options: argparse.Namespace) -> Summary:
+    """Connect, run the load, return the summary (problems listed in it)."""
+    family, ip = resolve(options.host, options.port)
+    where = describe(ip, options.port)
+    plan = LoadPlan.from_options(options)
+    log = (
+        ClientLog(options.logfile, options.format, options.utc, ip, options.port)
+        if options.logfile
+        else None
+    )
+    bar: ProgressBar | None = None
+    try:
+        run = LoadRun(plan, reactor, log=log)
+        endpoint = make_endpoint(reactor, options, family, ip)
+        await connect_all(endpoint, run, where)
+        if options.worker:
+            await wait_for_go(reactor)
+        if sys.stderr.isatty() and not options.worker:
+            bar = ProgressBar(plan)
+            run.on_tick = bar.update
+        await run.start()
+    finally:
+        if bar is not None:
+            bar.stop()
+        if log is not None:
+            log.close()
+    summary = run.summary()
+    summary.problems = [f"{where}: {text}" for text in summary.problems]
+    return summary
