@@ -226,6 +226,10 @@ _DASH_SERVER = re.compile(
 )
 
 
+# json.loads on bytes first guesses their encoding; records are ASCII text.
+_JSON_DECODE = json.JSONDecoder().raw_decode
+
+
 class RecordParser:
     """Parse the records of one file, of one format, for one role.
 
@@ -241,26 +245,36 @@ class RecordParser:
         self.client = client
         self.times = TimeParser(utc)
         self.parse: Callable[[bytes], Parsed] = getattr(self, "_parse_" + fmt)
+        self._kinds = dict(_KIND_OF_NAME)
+        if client:
+            self._kinds[b"Message Received"] = "reply"
+        self._ips: dict[bytes, str] = {}
 
-    def _kind(self, name: bytes) -> str:
-        kind = _KIND_OF_NAME[name]
-        if kind == "message" and self.client:
-            return "reply"
-        return kind
+    def _ip(self, raw: bytes) -> str:
+        # Few addresses, many records: decode each address once.
+        ip = self._ips.get(raw)
+        if ip is None:
+            if len(self._ips) > 100_000:
+                self._ips.clear()
+            ip = self._ips[raw] = raw.decode("utf-8")
+        return ip
 
     def _parse_event(self, line: bytes) -> Parsed:
         match = _EVENT_CONN.fullmatch(line)
         if match is not None:
             name, second, micros, ip6, ip, port, conn, text = match.groups()
-            kind = self._kind(name)
+            kind = self._kinds[name]
             event: Parsed = {
                 "event": kind,
                 "time": self.times.text(second, micros),
-                "ip": (ip6 or ip).decode("utf-8"),
+                "ip": self._ip(ip6 or ip),
                 "port": int(port),
                 "conn": int(conn),
             }
-            event.update(self._text_fields(kind, text))
+            if kind == "message":  # the common case, inline
+                event["msg"] = text if b"\\" not in text else unescape_text(text.decode("utf-8"))
+            else:
+                event.update(self._text_fields(kind, text))
             return event
         match = _EVENT_SERVER.fullmatch(line)
         if match is None:
@@ -286,7 +300,7 @@ class RecordParser:
         event: Parsed = {
             "event": "message",
             "time": self.times.text(second, micros),
-            "ip": ip.decode("utf-8"),
+            "ip": self._ip(ip),
             "port": int(port),
         }
         if rest[:1] != b"[":
@@ -319,8 +333,9 @@ class RecordParser:
         }
 
     def _parse_json(self, line: bytes) -> Parsed:
-        record = json.loads(line)
-        if not isinstance(record, dict):
+        text = line.decode("utf-8")
+        record, end = _JSON_DECODE(text)
+        if end != len(text) or not isinstance(record, dict):
             raise UnparsedRecord("a json value that is not an object")
         kind = record.get("event")
         if kind not in EVENT_NAMES:
@@ -399,7 +414,7 @@ def open_log(path: str | Path) -> IO[bytes]:
     """Open a log for reading bytes; a rotated ``.gz`` log is decompressed."""
     raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     if raw.peek(2)[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     return raw
 
 
