@@ -425,7 +425,12 @@ def test_real_log_any_bytes_any_chunking(
     records = data.split(b"\n")
     assert records.pop() == b""
     received = transport.value().count(b"\n")
-    messages = [r for r in records if b"Message Received" in r or b'"event": "message"' in r]
+    is_message = {
+        "event": lambda r: r.startswith(b"Message Received: "),
+        "dash": lambda r: re.match(rb"127\.0\.0\.1 - 53122 - [\d:. -]{26} - (?!\[)", r),
+        "json": lambda r: b'"event": "message"' in r,
+    }[fmt]
+    messages = [r for r in records if is_message(r)]
     assert len(messages) == proto.messages == received
     if fmt == "event":
         texts = []
