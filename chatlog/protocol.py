@@ -79,7 +79,7 @@ class ChatProtocol(LineOnlyReceiver):
     #: Most lines handled per reactor turn.  A client that floods thousands of
     #: tiny lines in one read has the rest handled in later turns (and stops
     #: being read meanwhile), so it cannot delay everyone else's replies.
-    LINES_PER_TURN = 1000
+    LINES_PER_TURN = 250
 
     transport: Any
 
