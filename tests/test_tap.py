@@ -168,3 +168,18 @@ def test_bad_option_is_a_usage_error(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "--format 'xml': choose one of event, dash, json" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_setup_cfg_lists_every_package() -> None:
+    """Every package folder under chatlog/ is installed (setup.cfg lists them one by one)."""
+    import configparser
+
+    root = Path(__file__).resolve().parent.parent
+    config = configparser.ConfigParser()
+    config.read(root / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for init in (root / "chatlog").rglob("__init__.py")
+    }
+    assert found | {"twisted.plugins"} == listed

@@ -30,7 +30,9 @@ def log_event(event_type: str, timestamp: str, message: str) -> None:
 
 
 def handle_client(client_socket: socket.socket, client_address: tuple[str, int]) -> None:
-    log_event("Connection", time.strftime("%Y-%m-%d %H:%M:%S"), f"Client {client_address} connected")
+    log_event(
+        "Connection", time.strftime("%Y-%m-%d %H:%M:%S"), f"Client {client_address} connected"
+    )
     pending = b""
     try:
         while True:
@@ -50,7 +52,11 @@ def handle_client(client_socket: socket.socket, client_address: tuple[str, int])
     except OSError:
         pass
     finally:
-        log_event("Disconnection", time.strftime("%Y-%m-%d %H:%M:%S"), f"Client {client_address} disconnected")
+        log_event(
+            "Disconnection",
+            time.strftime("%Y-%m-%d %H:%M:%S"),
+            f"Client {client_address} disconnected",
+        )
         client_socket.close()
 
 

@@ -15,14 +15,17 @@ from twisted.internet import epollreactor
 
 epollreactor.install()
 
+from typing import Any  # noqa: E402
+
 from twisted.internet import reactor  # noqa: E402
-from twisted.internet.protocol import Factory  # noqa: E402
+from twisted.internet.protocol import ServerFactory  # noqa: E402
 from twisted.protocols.basic import LineReceiver  # noqa: E402
 
 
 class Reply(LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = 65536
+    transport: Any
 
     def lineReceived(self, line: bytes) -> None:
         if line[-1:] == b"\r":
@@ -31,11 +34,13 @@ class Reply(LineReceiver):
 
 
 def main() -> None:
-    factory = Factory.forProtocol(Reply)
+    factory: Any = ServerFactory.forProtocol(Reply)
     factory.noisy = False
-    port = reactor.listenTCP(int(sys.argv[1]) if len(sys.argv) > 1 else 0, factory,
-                             backlog=4096, interface="127.0.0.1")
-    print(f"listening on 127.0.0.1:{port.getHost().port}", flush=True)
+    port = reactor.listenTCP(
+        int(sys.argv[1]) if len(sys.argv) > 1 else 0, factory, backlog=4096, interface="127.0.0.1"
+    )
+    address: Any = port.getHost()
+    print(f"listening on 127.0.0.1:{address.port}", flush=True)
     reactor.run()
 
 

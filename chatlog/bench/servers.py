@@ -1,0 +1,193 @@
+"""The servers the bench compares: chatlog itself and the reference peers.
+
+A :class:`ServerSpec` knows how to start one server on ``127.0.0.1`` port 0;
+:func:`start` runs it pinned to a CPU, waits for its ``listening on HOST:PORT``
+line and returns a :class:`Running` server that :meth:`Running.stop` ends.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import chatlog
+
+ROOT = Path(chatlog.__file__).resolve().parent.parent
+_LISTENING = re.compile(rb"listening on \[?([0-9a-fA-F.:]+)\]?:(\d+)")
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one kind of server."""
+
+    name: str
+    #: (directory with compiled helpers, scratch directory) -> argv
+    argv: Callable[[dict[str, Path], Path], list[str]]
+    description: str
+    reference: bool = True
+    #: The checkout whose ``chatlog`` runs (``--compare``); None: this one.
+    root: Path | None = None
+
+
+def twistd_command() -> list[str]:
+    """The twistd that belongs to this Python (installed next to it, or by module)."""
+    script = Path(sys.executable).parent / "twistd"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def _chatlog(*extra: str) -> Callable[[dict[str, Path], Path], list[str]]:
+    def argv(binaries: dict[str, Path], scratch: Path) -> list[str]:
+        return [
+            *twistd_command(), "-n", "--pidfile=", "chatlog",
+            "--port", "tcp:0:interface=127.0.0.1",
+            "--logfile", str(scratch / "chatlog.log"),
+            # The bench's clients all come from 127.0.0.1, and a repeat may
+            # connect before the server has seen the last one's disconnects.
+            "--max-per-ip", "0",
+            *extra,
+        ]  # fmt: skip
+
+    return argv
+
+
+def _module(name: str, *extra: str) -> Callable[[dict[str, Path], Path], list[str]]:
+    def argv(binaries: dict[str, Path], scratch: Path) -> list[str]:
+        return [sys.executable, "-m", f"chatlog.bench.peers.{name}", *extra]
+
+    return argv
+
+
+def _epoll(binaries: dict[str, Path], scratch: Path) -> list[str]:
+    return [str(binaries["epoll_reply"])]
+
+
+CHATLOG = ServerSpec(
+    "chatlog", _chatlog(), "twistd chatlog, logging every message (event format)", False
+)
+CHATLOG_FSYNC = ServerSpec(
+    "chatlog-fsync", _chatlog("--fsync"), "twistd chatlog --fsync (fdatasync per batch)", False
+)
+PEERS = [
+    ServerSpec("twisted", _module("twisted_reply"), "bare Twisted LineReceiver reply, no log"),
+    ServerSpec("asyncio", _module("asyncio_reply"), "asyncio streams reply, no log"),
+    ServerSpec("uvloop", _module("asyncio_reply", "--uvloop"), "asyncio streams on uvloop, no log"),
+    ServerSpec(
+        "threaded",
+        _module("threaded_seed"),
+        "seeds' thread per client, log.txt open/append/close per event",
+    ),
+    ServerSpec("c-epoll", _epoll, "C epoll reply, no log"),
+]
+
+
+def available(spec: ServerSpec) -> bool:
+    """uvloop is optional: its peer runs only where it is installed."""
+    if spec.name == "uvloop":
+        return importlib.util.find_spec("uvloop") is not None
+    return True
+
+
+def all_servers() -> list[ServerSpec]:
+    return [CHATLOG, CHATLOG_FSYNC, *PEERS]
+
+
+def compare_spec(checkout: Path, fsync: bool = False) -> ServerSpec:
+    """chatlog from another checkout (a change to try side by side): ``chatlog@NAME``."""
+    checkout = checkout.resolve()
+    name = f"chatlog{'-fsync' if fsync else ''}@{checkout.name}"
+    extra = ("--fsync",) if fsync else ()
+    return ServerSpec(name, _chatlog(*extra), f"twistd chatlog from {checkout}", False, checkout)
+
+
+def server_env(root: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    first = str(root or ROOT)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [first, env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def pin(cpus: Sequence[int] | None) -> Callable[[], None] | None:
+    if not cpus:
+        return None
+    wanted = set(cpus)
+    return lambda: os.sched_setaffinity(0, wanted)
+
+
+@dataclass
+class Running:
+    spec: ServerSpec
+    proc: subprocess.Popen[bytes]
+    host: str
+    port: int
+    output_path: Path
+    _output: IO[bytes] = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.output_path.read_bytes().decode(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._output.close()
+        return self.proc.returncode
+
+
+def start(
+    spec: ServerSpec,
+    binaries: dict[str, Path],
+    scratch: Path,
+    cpus: Sequence[int] | None,
+    timeout: float = 30.0,
+) -> Running:
+    """Start ``spec`` in ``scratch``, pinned to ``cpus``; wait until it listens."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    output_path = scratch / f"{spec.name}.out"
+    # A file, not a pipe: a chatty server never blocks.  Closed by Running.stop.
+    output = open(output_path, "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        spec.argv(binaries, scratch),
+        cwd=scratch,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        env=server_env(spec.root),
+        preexec_fn=pin(cpus),
+    )
+    running = Running(spec, proc, "", 0, output_path, output)
+    deadline = time.monotonic() + timeout
+    while True:
+        match = _LISTENING.search(output_path.read_bytes())
+        if match:
+            running.host = match.group(1).decode()
+            running.port = int(match.group(2))
+            return running
+        if proc.poll() is not None or time.monotonic() > deadline:
+            code = running.stop()
+            raise RuntimeError(
+                f"{spec.name} did not start listening (exit {code}): {running.output()[-2000:]}"
+            )
+        time.sleep(0.02)
