@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import chatlog
+from chatlog.dispatch import use_plain_dispatch
 from chatlog.eager import use_eager_transport
 from chatlog.logwriter import LogWriter
 from chatlog.protocol import ChatFactory, peer_address
@@ -115,6 +116,7 @@ class ChatlogService(service.Service):
             fail(f"cannot open log {self.writer.path}: {error.strerror or error}")
         self.port = self.listen(self.reactor, self.endpoint_description, self.factory)
         use_eager_transport(self.port)
+        use_plain_dispatch(self.reactor)
 
     @property
     def address(self) -> str:
