@@ -147,6 +147,18 @@ class LogWriter:
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
 
+    def stageMessages(self, fields: Event, lines: list[bytes]) -> None:
+        """Stage the records of lines read together, in one piece.
+
+        ``fields`` are the first line's message event without ``msg``; the
+        lines follow it with consecutive ``seq``.  Equivalent to one
+        ``__call__`` per line, and the protocol's hot path.
+        """
+        self._staged.append(self.format_record.messages(fields, lines))
+        self._staged_messages += len(lines)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
     def ackAfterWrite(self, waiter: WriteWaiter) -> None:
         """Call ``waiter.logWritten(ok)`` once the records staged so far are written."""
         self._waiters.append(waiter)

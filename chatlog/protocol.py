@@ -86,6 +86,9 @@ class ChatProtocol(LineOnlyReceiver):
     def __init__(self, factory: ChatFactory) -> None:
         self.factory = factory
         self.observer = factory.observer
+        #: The log writer's entry for all lines of one read (a plain observer
+        #: gets one event per line instead).
+        self._stage_messages = getattr(factory.observer, "stageMessages", None)
         self.clock = factory.clock
         self.MAX_LENGTH = factory.max_line
         self.conn = 0
@@ -233,39 +236,39 @@ class ChatProtocol(LineOnlyReceiver):
         self._handle_lines(lines)
 
     def _handle_lines(self, lines: list[bytes]) -> None:
-        """Log each line as a message and keep it for the reply after the write.
-
-        This is the hot path, written out rather than calling lineReceived
-        per line: one message costs one dict and one observer call.
-        """
-        observer = self.observer
-        unacked = self._unacked
+        """Log complete lines as messages and keep them for the reply after the write."""
         max_length = self.MAX_LENGTH
-        first = seq = self.messages
+        messages: list[bytes] = []
+        too_long = None
         for line in lines:
             if len(line) > max_length:
-                self.lineLengthExceeded(line)
+                too_long = line
                 break
-            if line[-1:] == b"\r":
-                line = line[:-1]
-            seq += 1
-            observer(
-                {
-                    "event": "message",
-                    "time": self._now,
-                    "ip": self.ip,
-                    "port": self.port,
-                    "conn": self.conn,
-                    "seq": seq,
-                    "msg": line,
-                }
-            )
-            unacked.append(line)
-        self.factory.messages_total += seq - first
-        self.messages = seq
-        if unacked and not self._waiting:
+            messages.append(line[:-1] if line[-1:] == b"\r" else line)
+        if messages:
+            first = self.messages + 1
+            fields = {
+                "event": "message",
+                "time": self._now,
+                "ip": self.ip,
+                "port": self.port,
+                "conn": self.conn,
+                "seq": first,
+            }
+            if self._stage_messages is not None:
+                # The log writer formats a read's lines in one piece.
+                self._stage_messages(fields, messages)
+            else:
+                for seq, line in enumerate(messages, first):
+                    self.observer({**fields, "seq": seq, "msg": line})
+            self._unacked.extend(messages)
+            self.messages += len(messages)
+            self.factory.messages_total += len(messages)
+        if too_long is not None:
+            self.lineLengthExceeded(too_long)
+        if self._unacked and not self._waiting:
             self._waiting = True
-            observer.ackAfterWrite(self)
+            self.observer.ackAfterWrite(self)
 
     def lineReceived(self, line: bytes) -> None:
         """One complete line (without its ``\\n``): log it, answer it after the write."""

@@ -20,11 +20,10 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 Event = Mapping[str, Any]
-Formatter = Callable[[Event], bytes]
 
 #: json name -> event-format name, in the order of the contract.
 EVENT_NAMES: dict[str, str] = {
@@ -237,6 +236,30 @@ def _peer(event: Event) -> bytes:
 # --------------------------------------------------------------------------
 
 
+class Formatter:
+    """Turns events into records of one format; subclasses give ``record``.
+
+    ``formatter(event)`` is one record.  ``formatter.messages(fields, lines)``
+    is the records of several lines of one read (same time, same connection,
+    ``fields["seq"]`` the first line's): the protocol's hot path, which a
+    format can make cheaper than one event per line.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, stamps: Timestamps) -> None:
+        self.stamps = stamps
+
+    def __call__(self, event: Event) -> bytes:
+        raise NotImplementedError
+
+    def messages(self, fields: Event, lines: list[bytes]) -> bytes:
+        first = fields["seq"]
+        return b"".join(
+            self({**fields, "seq": seq, "msg": line}) for seq, line in enumerate(lines, first)
+        )
+
+
 class _PeerLabels:
     """``127.0.0.1:53122 #17 - `` per connection, made once rather than per record.
 
@@ -260,33 +283,42 @@ class _PeerLabels:
         self._labels.pop(conn, None)
 
 
-def event_formatter(stamps: Timestamps) -> Formatter:
+class EventFormatter(Formatter):
     """``Message Received: 2026-11-22 14:35:45.123456 - 127.0.0.1:53122 #17 - Hello``"""
-    heads = {kind: name.encode() + b": " for kind, name in EVENT_NAMES.items()}
-    labels = _PeerLabels()
-    message_head = heads["message"]
 
-    def format_event(event: Event) -> bytes:
+    name = "event"
+    _HEADS = {kind: name.encode() + b": " for kind, name in EVENT_NAMES.items()}
+
+    def __init__(self, stamps: Timestamps) -> None:
+        super().__init__(stamps)
+        self.labels = _PeerLabels()
+
+    def __call__(self, event: Event) -> bytes:
         kind = event["event"]
-        if kind == "message":  # the hot path: one per line received
-            text: bytes = event["msg"]
-            if _TEXT_UNSAFE.search(text) is not None:
-                text = escape_text(text)[0]
-            return message_head + stamps.text(event["time"]) + b" - " + labels(event) + text + b"\n"
-        head = heads[kind] + stamps.text(event["time"]) + b" - "
-        if kind in ("sent", "reply"):
-            return head + labels(event) + _message_text(event) + b"\n"
+        head = self._HEADS[kind] + self.stamps.text(event["time"]) + b" - "
+        if kind in ("message", "sent", "reply"):
+            return head + self.labels(event) + _message_text(event) + b"\n"
         if kind in CONNECTION_EVENTS:
-            record = head + labels(event) + describe(event) + b"\n"
+            record = head + self.labels(event) + describe(event) + b"\n"
             if kind == "disconnect":
-                labels.forget(event["conn"])
+                self.labels.forget(event["conn"])
             return record
         return head + describe(event) + b"\n"
 
-    return format_event
+    def messages(self, fields: Event, lines: list[bytes]) -> bytes:
+        # Every record of a read shares all but the text: build that lead once.
+        lead = (
+            self._HEADS["message"] + self.stamps.text(fields["time"]) + b" - " + self.labels(fields)
+        )
+        texts = lines
+        for line in lines:
+            if _TEXT_UNSAFE.search(line) is not None:
+                texts = [escape_text(text)[0] for text in lines]
+                break
+        return lead + (b"\n" + lead).join(texts) + b"\n"
 
 
-def dash_formatter(stamps: Timestamps) -> Formatter:
+class DashFormatter(Formatter):
     """``127.0.0.1 - 53122 - 2026-11-22 14:35:45.123456 - Hello, Server!``
 
     The seed's format, one message per line.  Other events put their name in
@@ -295,34 +327,47 @@ def dash_formatter(stamps: Timestamps) -> Formatter:
     itself begins with ``[`` has that bracket escaped as ``\\x5b``, so a
     message can never pass for an event.
     """
-    tags = {kind: b"[" + name.encode() + b"] " for kind, name in EVENT_NAMES.items()}
 
-    def format_dash(event: Event) -> bytes:
+    name = "dash"
+    _TAGS = {kind: b"[" + name.encode() + b"] " for kind, name in EVENT_NAMES.items()}
+
+    def __call__(self, event: Event) -> bytes:
         kind = event["event"]
+        if kind == "message":
+            return self.messages(event, [event["msg"]])
         if kind in CONNECTION_EVENTS:
             fields = b"%s - %d - " % (event["ip"].encode(), event["port"])
         else:
             fields = b"- - - - "
-        fields += stamps.text(event["time"]) + b" - "
-        if kind == "message":
-            text = _message_text(event)
+        fields += self.stamps.text(event["time"]) + b" - " + self._TAGS[kind]
+        if kind in ("sent", "reply"):
+            return fields + b"#%d " % event["conn"] + _message_text(event) + b"\n"
+        if kind in CONNECTION_EVENTS:
+            return fields + b"#%d " % event["conn"] + describe(event) + b"\n"
+        return fields + describe(event) + b"\n"
+
+    def messages(self, fields: Event, lines: list[bytes]) -> bytes:
+        lead = b"%s - %d - %s - " % (
+            fields["ip"].encode(),
+            fields["port"],
+            self.stamps.text(fields["time"]),
+        )
+        records = []
+        for line in lines:
+            text = escape_text(line)[0]
             if text[:1] == b"[":
                 text = b"\\x5b" + text[1:]
-            return fields + text + b"\n"
-        if kind in ("sent", "reply"):
-            return fields + tags[kind] + b"#%d " % event["conn"] + _message_text(event) + b"\n"
-        if kind in CONNECTION_EVENTS:
-            return fields + tags[kind] + b"#%d " % event["conn"] + describe(event) + b"\n"
-        return fields + tags[kind] + describe(event) + b"\n"
+            records.append(lead + text + b"\n")
+        return b"".join(records)
 
-    return format_dash
 
+_json_dumps = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": ")).encode
 
 # Keys every JSON record starts with, in this order; the rest follow as given.
 _JSON_LEAD = ("time", "event", "ip", "port", "conn", "seq", "msg")
 
 
-def json_formatter(stamps: Timestamps) -> Formatter:
+class JsonFormatter(Formatter):
     """JSON Lines, ASCII only, no record separator.
 
     ``{"ts": "2026-11-22T14:35:45.123456+07:00", "event": "message", "ip":
@@ -333,9 +378,12 @@ def json_formatter(stamps: Timestamps) -> Formatter:
     escaping of the bytes (``\\xNN`` for each invalid byte, ``\\\\`` for a
     backslash), which :func:`unescape_text` turns back into the exact bytes.
     """
-    dumps = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": ")).encode
 
-    def format_json(event: Event) -> bytes:
+    name = "json"
+
+    def __call__(self, event: Event) -> bytes:
+        dumps = _json_dumps
+        stamps = self.stamps
         out = [
             b'{"ts": "',
             stamps.iso(event["time"]),
@@ -351,29 +399,39 @@ def json_formatter(stamps: Timestamps) -> Formatter:
         if "seq" in event:
             out.append(b', "seq": %d' % event["seq"])
         if "msg" in event:
-            raw: bytes = event["msg"]
-            if _JSON_UNSAFE.search(raw) is None:
-                out.append(b', "msg": "' + raw + b'"')
-            else:
-                try:
-                    out.append(b', "msg": ' + dumps(raw.decode("utf-8")).encode())
-                except UnicodeDecodeError:
-                    escaped, _ = escape_text(raw)
-                    out.append(b', "msg": ' + dumps(escaped.decode("utf-8")).encode())
-                    out.append(b', "utf8": false')
+            out.append(_json_msg(event["msg"]))
         for key, value in event.items():
             if key not in _JSON_LEAD:
                 out.append(b", " + dumps(key).encode() + b": " + dumps(value).encode())
         out.append(b"}\n")
         return b"".join(out)
 
-    return format_json
+    def messages(self, fields: Event, lines: list[bytes]) -> bytes:
+        lead = b'{"ts": "%s", "event": "message", "ip": %s, "port": %d, "conn": %d, "seq": ' % (
+            self.stamps.iso(fields["time"]),
+            _json_dumps(fields["ip"]).encode(),
+            fields["port"],
+            fields["conn"],
+        )
+        return b"".join(
+            b"%s%d%s}\n" % (lead, seq, _json_msg(line))
+            for seq, line in enumerate(lines, fields["seq"])
+        )
 
 
-FORMATS: dict[str, Callable[[Timestamps], Formatter]] = {
-    "event": event_formatter,
-    "dash": dash_formatter,
-    "json": json_formatter,
+def _json_msg(raw: bytes) -> bytes:
+    """``, "msg": ...`` for client bytes (plus ``"utf8": false`` when not UTF-8)."""
+    if _JSON_UNSAFE.search(raw) is None:
+        return b', "msg": "' + raw + b'"'
+    try:
+        return b', "msg": ' + _json_dumps(raw.decode("utf-8")).encode()
+    except UnicodeDecodeError:
+        escaped, _ = escape_text(raw)
+        return b', "msg": ' + _json_dumps(escaped.decode("utf-8")).encode() + b', "utf8": false'
+
+
+FORMATS: dict[str, type[Formatter]] = {
+    formatter.name: formatter for formatter in (EventFormatter, DashFormatter, JsonFormatter)
 }
 
 

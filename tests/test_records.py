@@ -202,3 +202,18 @@ def test_timestamps_cache_follows_the_second() -> None:
     assert stamps.text(WHEN + 1) == b"2026-11-22 07:35:46.123456"
     assert stamps.text(WHEN - 86400) == b"2026-11-21 07:35:45.123456"
     assert stamps.text(1795332945.0) == b"2026-11-22 07:35:45.000000"
+
+
+@given(
+    st.sampled_from(["event", "dash", "json"]),
+    st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), min_size=1, max_size=8),
+)
+def test_messages_of_a_read_equal_one_record_each(fmt: str, lines: list[bytes]) -> None:
+    """The batched path (all lines of one read) writes exactly the per-event records."""
+    fields = {"event": "message", "time": WHEN, "ip": "10.0.0.1", "port": 4000, "conn": 3, "seq": 7}
+    batched = make_formatter(fmt, utc=True).messages(fields, lines)
+    single = make_formatter(fmt, utc=True)
+    one_by_one = b"".join(
+        single({**fields, "seq": seq, "msg": line}) for seq, line in enumerate(lines, 7)
+    )
+    assert batched == one_by_one
