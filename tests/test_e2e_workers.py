@@ -73,3 +73,35 @@ def test_workers_end_with_a_killed_parent(chatlog_server) -> None:
     assert wait_gone(worker)
     with pytest.raises(OSError):
         socket.create_connection(server.address, timeout=2).close()
+
+
+def wait_for(condition, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.e2e
+def test_workers_in_daemon_mode(tmp_path: Path) -> None:
+    """A daemon with --workers: one pidfile; SIGTERM stops every worker and removes it."""
+    import subprocess
+
+    from tests.serverproc import server_env, twistd_command
+
+    pidfile = tmp_path / "chatlog.pid"
+    twistd_log = tmp_path / "twistd.log"
+    subprocess.run(
+        [*twistd_command(), "--pidfile", str(pidfile), "--logfile", str(twistd_log),
+         "chatlog", "--port", "tcp:0:interface=127.0.0.1", "--logfile", "chat.log",
+         "--workers", "2"],
+        cwd=tmp_path, env=server_env(), check=True, timeout=30,
+    )  # fmt: skip
+    wait_for(lambda: pidfile.exists() and b"[worker 1]" in twistd_log.read_bytes())
+    parent = int(pidfile.read_text())
+    [worker] = children(parent)
+    os.kill(parent, signal.SIGTERM)
+    assert wait_gone(parent) and wait_gone(worker)
+    assert not pidfile.exists()
+    for name in ("chat.log.w0", "chat.log.w1"):
+        assert (tmp_path / name).read_bytes().split(b"\n")[-2].startswith(b"Server Stopped:")
