@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-_LISTENING = re.compile(rb"listening on (\S+):(\d+), logging to")
+LISTENING = re.compile(rb"listening on (\S+):(\d+), logging to")
 
 
 def twistd_command() -> list[str]:
@@ -121,8 +121,13 @@ def start_server(
         str(log_path),
         *options,
     ]
+    return launch(cmd, workdir, log_path, timeout)
+
+
+def launch(cmd: list[str], cwd: Path, log_path: Path, timeout: float = 20.0) -> RunningServer:
+    """Run a whole twistd command line in the foreground and wait until it listens."""
     proc = subprocess.Popen(
-        cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=server_env()
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=server_env()
     )
     server = RunningServer(proc, "", 0, log_path)
     assert proc.stdout is not None
@@ -135,11 +140,11 @@ def start_server(
 
     threading.Thread(target=pump, daemon=True).start()
     try:
-        line = server.wait_output(_LISTENING.pattern, timeout=timeout)
+        line = server.wait_output(LISTENING.pattern, timeout=timeout)
     except BaseException:
         server.stop(signal.SIGKILL)
         raise
-    match = _LISTENING.search(line)
+    match = LISTENING.search(line)
     assert match is not None
     server.host = match.group(1).decode().strip("[]")
     server.port = int(match.group(2))

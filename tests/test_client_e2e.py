@@ -8,8 +8,6 @@ open-loop run must show it).
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import re
 import socket
@@ -21,6 +19,7 @@ from typing import Any
 import pytest
 
 from chatlog.client.load import MESSAGE_ID
+from tests.certs import self_signed
 from tests.delayproxy import delay_proxy
 from tests.serverproc import ROOT, server_env
 
@@ -189,46 +188,9 @@ def test_procs_merge_histograms(chatlog_server: Any) -> None:
     assert set(ids) == {(str(c).encode(), str(s).encode()) for c in range(1, 5) for s in range(1, 21)}
 
 
-def make_certificate(folder: Path) -> None:
-    """A self-signed certificate for 127.0.0.1 and localhost: cert.pem, key.pem."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
 def test_tls_with_a_trusted_certificate(chatlog_server: Any, tmp_path: Path) -> None:
     """--tls --ca: talks to an ssl: server; without --ca the self-signed certificate is refused."""
-    make_certificate(tmp_path)
+    self_signed(tmp_path)
     server = chatlog_server(port="ssl:0:interface=127.0.0.1:privateKey=key.pem:certKey=cert.pem")
     ca = str(tmp_path / "cert.pem")
     result = client("--port", str(server.port), "--tls", "--ca", ca, "Hello, TLS!")

@@ -28,13 +28,12 @@ from typing import Any
 import pytest
 
 from tests.certs import self_signed
-from tests.serverproc import ROOT, RunningServer, server_env, twistd_command
+from tests.serverproc import LISTENING, ROOT, RunningServer, launch, server_env, twistd_command
 
 pytestmark = pytest.mark.e2e
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 CONTRIB = ROOT / "contrib"
-_LISTENING = re.compile(rb"listening on (\S+):(\d+), logging to")
 
 
 # --------------------------------------------------------------------------
@@ -105,32 +104,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def launch(cmd: list[str], cwd: Path, log_path: Path, timeout: float = 20.0) -> RunningServer:
-    """Run a full twistd command line in the foreground and wait until it listens."""
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=server_env()
-    )
-    server = RunningServer(proc, "", 0, log_path)
-    stdout = proc.stdout
-    assert stdout is not None
-
-    def pump() -> None:
-        for line in stdout:
-            server._lines.put(line)
-        server._lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        line = server.wait_output(_LISTENING.pattern, timeout=timeout)
-    except BaseException:
-        server.stop(signal.SIGKILL)
-        raise
-    match = _LISTENING.search(line)
-    assert match is not None
-    server.host, server.port = match.group(1).decode(), int(match.group(2))
-    return server
-
-
 @pytest.fixture
 def launched() -> Iterator[list[RunningServer]]:
     """Servers started by :func:`launch`; each is stopped after the test."""
@@ -169,7 +142,7 @@ def test_daemon_detaches_and_stops_on_sigterm(
     try:
         line = wait_for(
             "'listening on' in twistd.log",
-            lambda: twistd_log.exists() and _LISTENING.search(twistd_log.read_bytes()),
+            lambda: twistd_log.exists() and LISTENING.search(twistd_log.read_bytes()),
         )
         port = int(line.group(2))
         pid = int(wait_for("the pidfile", lambda: pidfile.exists() and pidfile.read_text().strip()))
