@@ -394,7 +394,8 @@ class ChatProtocol(LineOnlyReceiver):
         self._closing = True
         self._backlog = []
         if self._waiting:
-            self._notice = b""  # logWritten closes once the replies are sent
+            if self._notice is None:  # keep a policy close's ERROR line
+                self._notice = b""  # logWritten closes once the replies are sent
         else:
             self._close_with_grace()
 

@@ -444,3 +444,13 @@ def test_real_log_any_bytes_any_chunking(
         for record in records:
             assert record.isascii()
             json.loads(record)
+
+
+def test_shutdown_keeps_a_pending_error_notice(factory: ChatFactory, log: FakeLog) -> None:
+    """A server stop while a policy close awaits the log write still sends its ERROR line."""
+    proto, transport = connect(factory)
+    proto.dataReceived(b"ok\n" + b"A" * 150 + b"\n")
+    factory.closeAll()
+    log.flush()
+    assert transport.value() == b"Server received: ok\nERROR line too long (max 100 bytes)\n"
+    assert transport.disconnecting
