@@ -160,15 +160,13 @@ class ChatlogService(service.Service):
         for hook in self.reopen_hooks:
             hook()
 
-    def stopService(self) -> Deferred[None]:
+    def stopService(self) -> Deferred[Any]:
         super().stopService()
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
         port, self.port = self.port, None
-        stopped: Deferred[Any] = maybeDeferred(port.stopListening) if port else Deferred()
-        if port is None:
-            stopped.callback(None)
+        stopped: Deferred[Any] = maybeDeferred(port.stopListening) if port else succeed(None)
         # Replies already due go out before the connections are closed.
         stopped.addCallback(lambda _: self.writer.flush())
         stopped.addCallback(lambda _: self.factory.closeAll())
