@@ -929,32 +929,43 @@ def plot_rtt_over_time(report: Report, path: Path) -> Path | None:
 
 
 def plot_bench(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Throughput and p99 against the number of connections, one line per server."""
-    modes = {row.get("mode") for row in rows}
+    """Throughput and p99 against the number of connections (closed loop), one line per server.
+
+    chatlog and the seeds' threaded design are drawn bold, side by side; the
+    other reference servers thin and dashed.  Points of other modes
+    (pipelined, open loop) are not a function of the connection count and
+    are left to the bench's table.
+    """
+    closed = [row for row in rows if row.get("mode", "closed") == "closed"]
     curves: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        label = str(row["server"])
-        if len(modes) > 1 and row.get("mode"):
-            label += f" ({row['mode']})"
-        curves.setdefault(label, []).append(row)
+    for row in closed:
+        curves.setdefault(str(row["server"]), []).append(row)
     fig, (left, right) = _figure(1, 2)
-    for label, points in sorted(curves.items()):
+    for label, points in sorted(curves.items(), key=lambda item: _bench_order(item[0])):
         points.sort(key=operator.itemgetter("connections"))
         xs = [p["connections"] for p in points]
-        left.plot(xs, [p["msgs_per_s"] for p in points], "o-", label=label)
-        right.plot(xs, [p["p99_ms"] for p in points], "o-", label=label)
-    left.set_title("Throughput against connections")
+        main = label in ("chatlog", "threaded")
+        style = {"linewidth": 2.5 if main else 1.2, "linestyle": "-" if main else "--"}
+        left.plot(xs, [p["msgs_per_s"] for p in points], marker="o", label=label, **style)
+        right.plot(xs, [p["p99_ms"] for p in points], marker="o", label=label, **style)
+    left.set_title("Throughput against connections (closed loop)")
     left.set_ylabel("messages / s")
     left.set_ylim(bottom=0)
-    right.set_title("p99 round trip against connections")
+    right.set_title("p99 round trip against connections (closed loop)")
     right.set_ylabel("p99 round-trip time (ms)")
     right.set_yscale("log")
     for ax in (left, right):
         ax.set_xscale("log")
         ax.set_xlabel("concurrent connections")
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="best")
+    left.legend(loc="upper left", fontsize="small")
     return _save(fig, path)
+
+
+def _bench_order(server: str) -> tuple[int, str]:
+    """chatlog first, the threaded design second, the other references after."""
+    first = {"chatlog": 0, "threaded": 1}
+    return first.get(server, 2), server
 
 
 def draw_all(report: Report, out: Path, bench: list[dict[str, Any]] | None) -> dict[str, Path]:
