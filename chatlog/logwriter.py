@@ -90,7 +90,9 @@ class LogWriter:
         self.on_batch = on_batch
         self.fd: int | None = None
         self._staged: list[bytes] = []
+        # What the staged bytes hold, to say what a failed write refused.
         self._staged_messages = 0
+        self._staged_others = 0
         self._waiters: list[WriteWaiter] = []
         self._flush_call: IDelayedCall | None = None
         # The file may end mid-record: after a crash, or after a failed write
@@ -144,6 +146,8 @@ class LogWriter:
         self._staged.append(self.format_record(event))
         if event["event"] == "message":
             self._staged_messages += 1
+        else:
+            self._staged_others += 1
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
 
@@ -175,15 +179,15 @@ class LogWriter:
             self._flush_call = None
         records, self._staged = self._staged, []
         messages, self._staged_messages = self._staged_messages, 0
+        others, self._staged_others = self._staged_others, 0
         waiters, self._waiters = self._waiters, []
         ok = True
         if records:
-            ok = self._write_batch(records, messages)
+            ok = self._write_batch(records, messages, others)
         for waiter in waiters:
             waiter.logWritten(ok)
 
-    def _write_batch(self, records: list[bytes], messages: int) -> bool:
-        count = len(records)
+    def _write_batch(self, records: list[bytes], messages: int, others: int) -> bool:
         if self.failing_since is not None:
             # Say first, in the log itself, what the outage cost.
             records.insert(0, self._outage_record())
@@ -201,7 +205,7 @@ class LogWriter:
             if self.fsync:
                 os.fdatasync(self.fd)
         except OSError as error:
-            self._write_failed(error, written, data, messages, count)
+            self._write_failed(error, written, data, messages, others)
             return False
         self._torn = False
         if self.failing_since is not None:
@@ -213,14 +217,14 @@ class LogWriter:
         return True
 
     def _write_failed(
-        self, error: OSError, written: int, data: bytes, messages: int, records: int
+        self, error: OSError, written: int, data: bytes, messages: int, others: int
     ) -> None:
         self.write_errors += 1
         if written and not self._take_back(written) and data[written - 1 : written] != b"\n":
             self._torn = True
         self.last_error = str(error)
         self._refused += messages
-        self._lost += records - messages
+        self._lost += others
         if self.failing_since is None:
             self.failing_since = self.clock.seconds()
             log.error(

@@ -232,3 +232,27 @@ def test_partial_batch_is_taken_back(tmp_path: Path, clock: Clock, monkeypatch) 
         b"2 messages refused, 0 other records lost",
         b"m4",
     ]
+
+
+def test_refused_counts_lines_staged_together(tmp_path: Path, clock: Clock, monkeypatch) -> None:
+    """A failed batch counts every line of a read staged in one piece as a refused message."""
+    real_write = os.write
+    failing = [True]
+
+    def write(fd: int, data: Any) -> int:
+        if failing[0]:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    path = tmp_path / "chat.log"
+    writer = writer_for(path, clock)
+    fields = {"event": "message", "time": clock.seconds(), "ip": "127.0.0.1", "port": 1, "conn": 1, "seq": 1}
+    writer.stageMessages(fields, [b"a", b"b", b"c"])
+    writer({"event": "connect", "time": clock.seconds(), "ip": "127.0.0.1", "port": 1, "conn": 2})
+    writer.flush()
+    failing[0] = False
+    writer(message(4))
+    writer.flush()
+    first = path.read_bytes().split(b"\n")[0]
+    assert first.endswith(b"3 messages refused, 1 other record lost")
