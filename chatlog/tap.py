@@ -152,7 +152,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
 
 def build_service(options: Options, reactor: Any, worker: int = 0) -> service.MultiService:
-    """The services of one process: worker 0 listens, the others adopt its socket."""
+    """The services of one process; a worker (``worker`` > 0) serves an inherited socket."""
     from chatlog.workers import adopt_listening_socket, worker_logfile
 
     workers = options["workers"]
