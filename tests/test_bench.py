@@ -25,7 +25,7 @@ ROW_KEYS = {
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which(os.environ.get("CC", "gcc")) is None, reason="needs gcc")
 def test_tiny_bench_run_answers_from_every_server(tmp_path: Path) -> None:
-    """A half-second run at 2 connections and 4 in flight x 2 gives a full row per server and load."""
+    """A half-second run (2 connections; 4 in flight x 2; 500/s open loop) gives a row per server and load."""
     results, plot = tmp_path / "results.json", tmp_path / "results.png"
     env = dict(os.environ, CHATLOG_BENCH_CACHE=str(tmp_path / "cache"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -39,6 +39,10 @@ def test_tiny_bench_run_answers_from_every_server(tmp_path: Path) -> None:
             "--pipelined",
             "2x4",
             "--fsync-connections",
+            "2",
+            "--rates",
+            "500",
+            "--rate-connections",
             "2",
             "--duration",
             "0.4",
@@ -71,7 +75,8 @@ def test_tiny_bench_run_answers_from_every_server(tmp_path: Path) -> None:
     except ImportError:
         pass
     assert {row["server"] for row in rows} == expected
-    assert len(rows) == 2 * len(expected) - 1  # chatlog-fsync runs only the closed point
+    # closed, pipelined and open loop each; chatlog-fsync runs only the closed point
+    assert len(rows) == 3 * len(expected) - 2
     for row in rows:
         assert row.keys() >= ROW_KEYS, row
         assert row["msgs_per_s"] > 0, row

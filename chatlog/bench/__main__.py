@@ -67,8 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rates",
         type=_ints,
-        default=[],
-        help="open-loop total rates in msgs/s, e.g. 20000,50000 (default none)",
+        default=[20000],
+        help="open-loop total rates in msgs/s, '' for none (default 20000: a rate every "
+        "server sustains, to compare latency rather than throughput)",
     )
     parser.add_argument(
         "--rate-connections",
