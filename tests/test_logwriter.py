@@ -40,6 +40,30 @@ def clock() -> Clock:
     return clock
 
 
+class Disk:
+    """os.write with a disk that can fill up: ``space`` bytes left, None for plenty."""
+
+    def __init__(self) -> None:
+        self.space: int | None = None
+        self._write = os.write
+
+    def write(self, fd: int, data: Any) -> int:
+        if self.space is None:
+            return self._write(fd, data)
+        if self.space == 0:
+            raise OSError(28, "No space left on device")
+        written = self._write(fd, bytes(data[: self.space]))
+        self.space -= written
+        return written
+
+
+@pytest.fixture
+def disk(monkeypatch: pytest.MonkeyPatch) -> Disk:
+    disk = Disk()
+    monkeypatch.setattr(os, "write", disk.write)
+    return disk
+
+
 def writer_for(path: Path, clock: Clock, **kwargs: Any) -> LogWriter:
     writer = LogWriter(str(path), make_formatter("event", utc=True), clock, **kwargs)
     writer.open()
@@ -123,19 +147,11 @@ def test_reopen_moves_on_without_loss_or_duplicates(tmp_path: Path, clock: Clock
     assert new.count(b"\n") == 1 and new.endswith(b"#1 - m3\n")
 
 
-def test_write_failure_refuses_then_recovers(tmp_path: Path, clock: Clock, monkeypatch) -> None:
+def test_write_failure_refuses_then_recovers(tmp_path: Path, clock: Clock, disk: Disk) -> None:
     """ENOSPC: the batch is refused; when writes work again a Log Error record says so."""
-    real_write = os.write
-    failing = [True]
-
-    def write(fd: int, data: Any) -> int:
-        if failing[0]:
-            raise OSError(28, "No space left on device")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", write)
     path = tmp_path / "chat.log"
     writer = writer_for(path, clock)
+    disk.space = 0
     waiter = Waiter()
     writer(message(1))
     writer(message(2))
@@ -145,7 +161,7 @@ def test_write_failure_refuses_then_recovers(tmp_path: Path, clock: Clock, monke
     assert waiter.results == [False]
     assert writer.failing_since == clock.seconds()
     clock.advance(3)
-    failing[0] = False
+    disk.space = None
     writer(message(3))
     writer.ackAfterWrite(waiter)
     writer.flush()
@@ -193,36 +209,22 @@ def test_batch_callback_reports_size(tmp_path: Path, clock: Clock) -> None:
     assert 0 <= seconds < 1
 
 
-def test_partial_batch_is_taken_back(tmp_path: Path, clock: Clock, monkeypatch) -> None:
+def test_partial_batch_is_taken_back(tmp_path: Path, clock: Clock, disk: Disk) -> None:
     """Disk full mid-batch: what reached the file is cut off, so no refused or torn record stays."""
-    real_write = os.write
-    space: list[int | None] = [None]  # bytes left on the "disk"; None: plenty
-
-    def write(fd: int, data: Any) -> int:
-        left = space[0]
-        if left is None:
-            return real_write(fd, data)
-        if left == 0:
-            raise OSError(28, "No space left on device")
-        written = real_write(fd, bytes(data[:left]))
-        space[0] = left - written
-        return written
-
-    monkeypatch.setattr(os, "write", write)
     path = tmp_path / "chat.log"
     writer = writer_for(path, clock)
     waiter = Waiter()
     writer(message(1))
     writer.flush()
     before = path.read_bytes()
-    space[0] = 30  # a short write, then ENOSPC
+    disk.space = 30  # a short write, then ENOSPC
     writer(message(2))
     writer(message(3))
     writer.ackAfterWrite(waiter)
     writer.flush()
     assert waiter.results == [False]
     assert path.read_bytes() == before
-    space[0] = None
+    disk.space = None
     writer(message(4))
     writer.flush()
     records = path.read_bytes().split(b"\n")[:-1]
@@ -234,24 +236,16 @@ def test_partial_batch_is_taken_back(tmp_path: Path, clock: Clock, monkeypatch) 
     ]
 
 
-def test_refused_counts_lines_staged_together(tmp_path: Path, clock: Clock, monkeypatch) -> None:
+def test_refused_counts_lines_staged_together(tmp_path: Path, clock: Clock, disk: Disk) -> None:
     """A failed batch counts every line of a read staged in one piece as a refused message."""
-    real_write = os.write
-    failing = [True]
-
-    def write(fd: int, data: Any) -> int:
-        if failing[0]:
-            raise OSError(28, "No space left on device")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", write)
     path = tmp_path / "chat.log"
     writer = writer_for(path, clock)
+    disk.space = 0
     fields = {"event": "message", "time": clock.seconds(), "ip": "127.0.0.1", "port": 1, "conn": 1, "seq": 1}
     writer.stageMessages(fields, [b"a", b"b", b"c"])
     writer({"event": "connect", "time": clock.seconds(), "ip": "127.0.0.1", "port": 1, "conn": 2})
     writer.flush()
-    failing[0] = False
+    disk.space = None
     writer(message(4))
     writer.flush()
     first = path.read_bytes().split(b"\n")[0]
