@@ -536,23 +536,6 @@ def test_json_lines_types(chatlog_server: Callable[..., RunningServer]) -> None:
     assert [m["seq"] for m in messages] == [1, 2, 3, 1, 1]
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs to fill up; skipped where mounting is not allowed."""
-    where = tmp_path / "small"
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)],
-        capture_output=True, text=True, timeout=10,
-    )  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs CAP_SYS_ADMIN): {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False, timeout=10)
-
-
 def test_json_log_error_types(
     small_tmpfs: Path, chatlog_server: Callable[..., RunningServer]
 ) -> None:

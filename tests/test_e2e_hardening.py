@@ -16,7 +16,6 @@ import datetime
 import select
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -477,25 +476,6 @@ def test_sighup_rotation_loses_and_repeats_nothing(chatlog_server) -> None:
 
 
 # -- faults ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs to fill up; skipped where mounting is not allowed."""
-    where = tmp_path / "small"
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        # Lazy: the server may still hold the log open if the test failed early.
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def _fill(path: Path) -> int:
