@@ -210,10 +210,15 @@ def _message_fields(kind: str, text: bytes) -> dict[str, Any]:
 _PEER = rb"(?:\[([^\]]*)\]|([^\s\[\]:]+)):(\d+) #(\d+)"
 _EVENT_CONN = re.compile(
     rb"(Connection|Message Received|Message Sent|Disconnection|Line Too Long|Timeout|Rejected): "
-    + _TS + rb" - " + _PEER + rb" - (.*)",
+    + _TS
+    + rb" - "
+    + _PEER
+    + rb" - (.*)",
     re.S,
 )
-_EVENT_SERVER = re.compile(rb"(Server Started|Log Error|Server Stopped): " + _TS + rb" - (.*)", re.S)
+_EVENT_SERVER = re.compile(
+    rb"(Server Started|Log Error|Server Stopped): " + _TS + rb" - (.*)", re.S
+)
 
 _DASH_CONN = re.compile(rb"(\S+) - (\d+) - " + _TS + rb" - (.*)", re.S)
 _DASH_TAGGED = re.compile(
@@ -418,8 +423,9 @@ def open_log(path: str | Path) -> IO[bytes]:
     return raw
 
 
-def records_of(lines: Iterable[bytes],
-               on_torn: Callable[[bytes], None] | None = None) -> Iterator[bytes]:
+def records_of(
+    lines: Iterable[bytes], on_torn: Callable[[bytes], None] | None = None
+) -> Iterator[bytes]:
     """Records from lines split on ``\\n`` only: the newline (and a stray CR) removed.
 
     Iterating a binary file splits on ``\\n`` alone, never on U+2028 or
@@ -502,8 +508,9 @@ class LogReader:
             self.examples.append((number, line[:200]))
 
 
-def parse_lines(lines: Iterable[bytes], fmt: str | None = None, *, utc: bool = False,
-                client: bool | None = None) -> list[Parsed]:
+def parse_lines(
+    lines: Iterable[bytes], fmt: str | None = None, *, utc: bool = False, client: bool | None = None
+) -> list[Parsed]:
     """Parse records given as lines (for tests and small inputs); unparseable ones are skipped."""
     records = [line for line in records_of(lines) if line]
     detected, is_client = detect(records[:_SNIFF_LINES], utc)

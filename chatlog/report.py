@@ -508,8 +508,14 @@ def _rate(per_second: Counter[int], span: list[float], total: int) -> dict[str, 
     }
 
 
-def summarize(server: ServerStats, client: ClientStats, readers: Sequence[LogReader], *,
-              top: int = 10, utc: bool = False) -> dict[str, Any]:
+def summarize(
+    server: ServerStats,
+    client: ClientStats,
+    readers: Sequence[LogReader],
+    *,
+    top: int = 10,
+    utc: bool = False,
+) -> dict[str, Any]:
     """The content of ``summary.json``."""
     rate = _rate(server.messages_per_second, server.message_span, server.messages)
     rate["peak_at"] = _stamp(rate["peak_at"], utc)
@@ -547,7 +553,11 @@ def summarize(server: ServerStats, client: ClientStats, readers: Sequence[LogRea
             "clean": server.disconnections["clean"],
             "lost": server.disconnections["lost"],
             "closed": server.disconnections["closed"],
-            **{k: v for k, v in server.disconnections.items() if k not in ("clean", "lost", "closed")},
+            **{
+                k: v
+                for k, v in server.disconnections.items()
+                if k not in ("clean", "lost", "closed")
+            },
             "without_connect": server.unmatched_disconnects,
         },
         "limits": {
@@ -556,8 +566,11 @@ def summarize(server: ServerStats, client: ClientStats, readers: Sequence[LogRea
             "rejected": dict(server.rejected),
             "log_error": server.log_errors,
         },
-        "server_runs": {"starts": server.starts, "stops": server.stops,
-                        "reported_at_stop": server.reported},
+        "server_runs": {
+            "starts": server.starts,
+            "stops": server.stops,
+            "reported_at_stop": server.reported,
+        },
         "client": _client_summary(client, readers, utc),
         "unparsed": _unparsed(readers),
     }
@@ -588,8 +601,7 @@ def _file_row(reader: LogReader) -> dict[str, Any]:
     }
 
 
-def _client_summary(client: ClientStats, readers: Sequence[LogReader], utc: bool
-                    ) -> dict[str, Any]:
+def _client_summary(client: ClientStats, readers: Sequence[LogReader], utc: bool) -> dict[str, Any]:
     rate = _rate(client.replies_per_second, client.reply_span, client.replies)
     rate["peak_at"] = _stamp(rate["peak_at"], utc)
     rows = client.timeline.rows()
@@ -650,27 +662,42 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("messages", "total", _fmt(msgs["total"])),
         ("messages", "per second, mean", _fmt(msgs["per_s"]["mean"])),
         ("messages", "per second, peak", _fmt(msgs["per_s"]["peak"])),
-        ("clients", "addresses / ports", f"{summary['clients']['addresses']:,} / "
-                                          f"{summary['clients']['ports']:,}"),
-        ("disconnections", "clean / lost / closed",
-         f"{disc['clean']:,} / {disc['lost']:,} / {disc['closed']:,}"),
+        (
+            "clients",
+            "addresses / ports",
+            f"{summary['clients']['addresses']:,} / {summary['clients']['ports']:,}",
+        ),
+        (
+            "disconnections",
+            "clean / lost / closed",
+            f"{disc['clean']:,} / {disc['lost']:,} / {disc['closed']:,}",
+        ),
         ("limits", "line too long", _fmt(limits["line_too_long"])),
         ("limits", "timeouts", _counts(limits["timeout"])),
         ("limits", "rejected", _counts(limits["rejected"])),
-        ("limits", "log errors", f"{limits['log_error']['events']:,} "
-                                 f"({limits['log_error']['refused']:,} refused, "
-                                 f"{limits['log_error']['lost']:,} lost)"),
+        (
+            "limits",
+            "log errors",
+            f"{limits['log_error']['events']:,} "
+            f"({limits['log_error']['refused']:,} refused, "
+            f"{limits['log_error']['lost']:,} lost)",
+        ),
     ]
     if client["sent"] or client["replies"]:
         rows += [
-            ("client", "sent / replies / errors",
-             f"{client['sent']:,} / {client['replies']:,} / {client['errors']:,}"),
+            (
+                "client",
+                "sent / replies / errors",
+                f"{client['sent']:,} / {client['replies']:,} / {client['errors']:,}",
+            ),
             ("client", "replies per second, mean", _fmt(client["replies_per_s"]["mean"])),
         ]
         rtt = client["rtt_ms"]
         if rtt.get("count"):
-            rows += [("round trip (ms)", name, _fmt(rtt[name]))
-                     for name in ("min", "mean", "p50", "p90", "p99", "p999", "max")]
+            rows += [
+                ("round trip (ms)", name, _fmt(rtt[name]))
+                for name in ("min", "mean", "p50", "p90", "p99", "p999", "max")
+            ]
     rows.append(("records", "unparsed", _fmt(summary["unparsed"]["count"])))
     return rows
 
@@ -697,8 +724,12 @@ def print_summary(summary: dict[str, Any], out: Any = None) -> None:
     console = Console(file=out or sys.stdout, width=100)
     console.print(table)
     for example in summary["unparsed"]["examples"][:3]:
-        console.print(f"unparsed {example['file']}:{example['line']}: {example['text']!r}",
-                      markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            f"unparsed {example['file']}:{example['line']}: {example['text']!r}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 # --------------------------------------------------------------------------
@@ -712,7 +743,8 @@ def load_bench(path: str | Path) -> list[dict[str, Any]]:
     if isinstance(data, dict):
         data = data.get("rows", [])
     rows = [
-        row for row in data
+        row
+        for row in data
         if isinstance(row, dict) and {"server", "connections", "msgs_per_s", "p99_ms"} <= row.keys()
     ]
     if not rows:
@@ -725,8 +757,9 @@ def load_bench(path: str | Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------
 
 
-def write_report(report: Report, outdir: str | Path, bench: list[dict[str, Any]] | None = None
-                 ) -> dict[str, Path]:
+def write_report(
+    report: Report, outdir: str | Path, bench: list[dict[str, Any]] | None = None
+) -> dict[str, Path]:
     """Write summary.json, the plots and report.html into ``outdir``; return their paths."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -758,8 +791,9 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _binned(values: dict[int, float], first: int, last: int, how: str = "mean"
-            ) -> tuple[Any, Any, int]:
+def _binned(
+    values: dict[int, float], first: int, last: int, how: str = "mean"
+) -> tuple[Any, Any, int]:
     """Per-second values as arrays over [first, last], averaged (or max) over bins
     wide enough to keep a plot under MAX_PLOT_POINTS points; also the bin width."""
     import numpy as np
@@ -797,8 +831,10 @@ def _base_second(report: Report) -> int:
 
 def plot_messages(report: Report, path: Path) -> Path | None:
     """Messages per second (server) and replies per second (client) over time."""
-    series = [("server: messages received", report.server.messages_per_second),
-              ("client: replies received", report.client.replies_per_second)]
+    series = [
+        ("server: messages received", report.server.messages_per_second),
+        ("client: replies received", report.client.replies_per_second),
+    ]
     series = [(label, counts) for label, counts in series if counts]
     if not series:
         return None
@@ -840,8 +876,9 @@ def plot_connections(report: Report, path: Path) -> Path | None:
             filled[offset] = current
         else:
             filled[offset], current = entry
-    xs, ys, width = _binned(dict(zip(range(first, last + 1), filled, strict=True)),
-                            first, last, how="max")
+    xs, ys, width = _binned(
+        dict(zip(range(first, last + 1), filled, strict=True)), first, last, how="max"
+    )
     fig, ax = _figure()
     _step(ax, xs + (first - base), ys, width, label="concurrent connections")
     peak = report.server.peak_concurrent
@@ -884,17 +921,19 @@ def plot_rtt(report: Report, path: Path) -> Path | None:
     left.grid(True, alpha=0.3)
     # Percentile curve on the usual "nines" axis: x = 1 / (1 - p).
     nines = min(6.0, math.log10(count)) if count > 1 else 1.0
-    wanted = [100 * (1 - 10 ** -k) for k in np.linspace(0, nines, 120)]
+    wanted = [100 * (1 - 10**-k) for k in np.linspace(0, nines, 120)]
     at = histogram.get_percentile_to_value_dict(wanted)
     ps = sorted(at)
     right.plot([1 / (1 - p / 100) for p in ps], [at[p] / 1000 for p in ps], label="percentile")
     rtt = report.summary["client"]["rtt_ms"]
     for name, p in PERCENTILES:
         x = 1 / (1 - p / 100)
-        if x <= 10 ** nines:
-            right.plot([x], [rtt[name]], "o", label=f"{name.replace('p999', 'p99.9')} {rtt[name]:.3f} ms")
+        if x <= 10**nines:
+            right.plot(
+                [x], [rtt[name]], "o", label=f"{name.replace('p999', 'p99.9')} {rtt[name]:.3f} ms"
+            )
     right.set_xscale("log")
-    ticks = [10 ** k for k in range(int(nines) + 1)]
+    ticks = [10**k for k in range(int(nines) + 1)]
     right.set_xticks(ticks, [f"{100 * (1 - 1 / t):g}%" for t in ticks])
     right.set_title("Round-trip percentiles")
     right.set_xlabel("percentile")
@@ -915,8 +954,13 @@ def plot_rtt_over_time(report: Report, path: Path) -> Path | None:
     xs = [row["start"] - base for row in rows]
     fig, ax = _figure()
     for name in ("p50", "p90", "p99", "p999", "max"):
-        _step(ax, xs, [row.get(name, math.nan) for row in rows], width,
-              label="p99.9" if name == "p999" else name)
+        _step(
+            ax,
+            xs,
+            [row.get(name, math.nan) for row in rows],
+            width,
+            label="p99.9" if name == "p999" else name,
+        )
     top = max(row["max"] for row in rows)
     median = min(row.get("p50", top) for row in rows)
     if median > 0 and top / median > 50:
@@ -1001,11 +1045,14 @@ _PLOT_TITLES = {
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(
-            f'<td class="n">{_fmt(v)}</td>' if isinstance(v, int | float)
+        "<tr>"
+        + "".join(
+            f'<td class="n">{_fmt(v)}</td>'
+            if isinstance(v, int | float)
             else f"<td>{html.escape(_fmt(v))}</td>"
             for v in row
-        ) + "</tr>"
+        )
+        + "</tr>"
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -1029,39 +1076,74 @@ def render_html(summary: dict[str, Any], plots: dict[str, Path]) -> str:
     for name, path in plots.items():
         title = _PLOT_TITLES.get(name, name)
         parts.append(f"<h2>{html.escape(title)}</h2>")
-        parts.append(f'<img src="{_data_uri(path)}" alt="{html.escape(title)}" '
-                     f'title="{html.escape(path.name)}" data-file="{html.escape(path.name)}">')
+        parts.append(
+            f'<img src="{_data_uri(path)}" alt="{html.escape(title)}" '
+            f'title="{html.escape(path.name)}" data-file="{html.escape(path.name)}">'
+        )
     clients = summary["clients"]
     parts.append(f"<h2>Clients (top {clients['top']})</h2>")
-    parts.append(_table(["address", "connections", "messages"],
-                        [(r["ip"], r["connections"], r["messages"]) for r in clients["by_ip"]]))
-    parts.append(_table(["address:port", "messages"],
-                        [(r["address"], r["messages"]) for r in clients["by_address"]]))
+    parts.append(
+        _table(
+            ["address", "connections", "messages"],
+            [(r["ip"], r["connections"], r["messages"]) for r in clients["by_ip"]],
+        )
+    )
+    parts.append(
+        _table(
+            ["address:port", "messages"],
+            [(r["address"], r["messages"]) for r in clients["by_address"]],
+        )
+    )
     if summary["client"]["rtt_ms"].get("count"):
         names = ["count", "p50", "p90", "p99", "p999", "max"]
         parts.append("<h2>Round trips per client log (ms)</h2>")
-        parts.append(_table(["client log", *names],
-                            [(r["path"], *(r.get(n) for n in names))
-                             for r in summary["client"]["rtt_ms_by_file"]]))
+        parts.append(
+            _table(
+                ["client log", *names],
+                [
+                    (r["path"], *(r.get(n) for n in names))
+                    for r in summary["client"]["rtt_ms_by_file"]
+                ],
+            )
+        )
         timeline = summary["client"]["rtt_over_time"]
         parts.append("<h2>Round trips over time (ms)</h2>")
         parts.append(f"<p>Per interval of {timeline['interval_s']} s.</p>")
-        parts.append(_table(["start", *names],
-                            [(r["start"], *(r.get(n) for n in names)) for r in timeline["rows"]]))
+        parts.append(
+            _table(
+                ["start", *names],
+                [(r["start"], *(r.get(n) for n in names)) for r in timeline["rows"]],
+            )
+        )
     if "bench" in summary:
         parts.append("<h2>Benchmark rows</h2>")
-        parts.append(_table(["server", "mode", "connections", "msgs/s", "p99 (ms)"],
-                            [(r["server"], r.get("mode", ""), r["connections"], r["msgs_per_s"],
-                              r["p99_ms"]) for r in summary["bench"]]))
+        parts.append(
+            _table(
+                ["server", "mode", "connections", "msgs/s", "p99 (ms)"],
+                [
+                    (r["server"], r.get("mode", ""), r["connections"], r["msgs_per_s"], r["p99_ms"])
+                    for r in summary["bench"]
+                ],
+            )
+        )
     parts.append("<h2>Files</h2>")
-    parts.append(_table(["path", "format", "role", "records", "unparsed"],
-                        [(f["path"], f["format"], f["role"], f["records"], f["unparsed"])
-                         for f in summary["files"]]))
+    parts.append(
+        _table(
+            ["path", "format", "role", "records", "unparsed"],
+            [
+                (f["path"], f["format"], f["role"], f["records"], f["unparsed"])
+                for f in summary["files"]
+            ],
+        )
+    )
     if summary["unparsed"]["examples"]:
         parts.append("<h2>Unparsed records (first few)</h2>")
-        parts.append(_table(["file", "line", "text"],
-                            [(e["file"], e["line"], e["text"])
-                             for e in summary["unparsed"]["examples"]]))
+        parts.append(
+            _table(
+                ["file", "line", "text"],
+                [(e["file"], e["line"], e["text"]) for e in summary["unparsed"]["examples"]],
+            )
+        )
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -1075,20 +1157,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m chatlog.report",
         description="Summarise chatlog server and client logs: a table, summary.json, "
-                    "PNG plots and report.html.",
+        "PNG plots and report.html.",
     )
-    parser.add_argument("logs", nargs="+", metavar="LOG",
-                        help="server logs and client logs, any format, in any order "
-                             "(rotated and per-worker logs may be listed together)")
-    parser.add_argument("-o", "--output", default=DEFAULT_OUTPUT, metavar="DIR",
-                        help="where to write summary.json, the plots and report.html "
-                             "(default: %(default)s)")
-    parser.add_argument("--utc", action="store_true",
-                        help="text-format timestamps are UTC (the server ran with --utc)")
-    parser.add_argument("--bench", metavar="FILE",
-                        help="bench results (JSON rows from python -m chatlog.bench) to plot")
-    parser.add_argument("--top", type=int, default=10, metavar="N",
-                        help="how many clients to list (default: %(default)s)")
+    parser.add_argument(
+        "logs",
+        nargs="+",
+        metavar="LOG",
+        help="server logs and client logs, any format, in any order "
+        "(rotated and per-worker logs may be listed together)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        default=DEFAULT_OUTPUT,
+        metavar="DIR",
+        help="where to write summary.json, the plots and report.html (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--utc",
+        action="store_true",
+        help="text-format timestamps are UTC (the server ran with --utc)",
+    )
+    parser.add_argument(
+        "--bench",
+        metavar="FILE",
+        help="bench results (JSON rows from python -m chatlog.bench) to plot",
+    )
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=10,
+        metavar="N",
+        help="how many clients to list (default: %(default)s)",
+    )
     return parser.parse_args(argv)
 
 

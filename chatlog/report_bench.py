@@ -27,12 +27,20 @@ from typing import Any
 from chatlog.records import make_formatter
 
 START = 1_795_000_000.0  # 2026-11-18: any fixed time will do
-_HOSTILE = [b"plain text", b"tab\there", b"\xff\xfe not utf-8", "line\u2028sep \x85".encode(),
-            b"[Connection] #1 fake", b"back\\slash", "caf\u00e9".encode()]
+_HOSTILE = [
+    b"plain text",
+    b"tab\there",
+    b"\xff\xfe not utf-8",
+    "line\u2028sep \x85".encode(),
+    b"[Connection] #1 fake",
+    b"back\\slash",
+    "caf\u00e9".encode(),
+]
 
 
-def server_events(records: int, connections: int, seconds: float, seed: int = 1
-                  ) -> Iterator[dict[str, Any]]:
+def server_events(
+    records: int, connections: int, seconds: float, seed: int = 1
+) -> Iterator[dict[str, Any]]:
     """About ``records`` server events over ``seconds``: waves of overlapping connections.
 
     Each wave opens a growing number of connections, interleaves their
@@ -43,8 +51,14 @@ def server_events(records: int, connections: int, seconds: float, seed: int = 1
     per_conn = max(1, (records - 2) // connections - 2)
     rate = records / seconds
     now = START
-    yield {"event": "start", "time": now, "listen": "127.0.0.1:5000", "endpoint": "tcp:5000",
-           "pid": 1, "version": "bench"}
+    yield {
+        "event": "start",
+        "time": now,
+        "listen": "127.0.0.1:5000",
+        "endpoint": "tcp:5000",
+        "pid": 1,
+        "version": "bench",
+    }
     budget = records - 2
     conn = 0
     for wave in range(waves):
@@ -52,8 +66,11 @@ def server_events(records: int, connections: int, seconds: float, seed: int = 1
         members: list[tuple[dict[str, Any], list[int]]] = []
         for _ in range(min(size, budget // (per_conn + 2))):
             conn += 1
-            fields: dict[str, Any] = {"ip": f"10.0.{conn % 7}.{conn % 250 + 1}",
-                                      "port": 1024 + conn % 60000, "conn": conn}
+            fields: dict[str, Any] = {
+                "ip": f"10.0.{conn % 7}.{conn % 250 + 1}",
+                "port": 1024 + conn % 60000,
+                "conn": conn,
+            }
             members.append((fields, [0]))
             now += rng.expovariate(rate)
             yield {"event": "connect", "time": now, **fields}
@@ -69,8 +86,14 @@ def server_events(records: int, connections: int, seconds: float, seed: int = 1
         for fields, (count,) in members:
             now += rng.expovariate(rate)
             how = "lost" if fields["conn"] % 50 == 0 else "clean"
-            yield {"event": "disconnect", "time": now, "how": how, "messages": count,
-                   "seconds": 1.0, **fields}
+            yield {
+                "event": "disconnect",
+                "time": now,
+                "how": how,
+                "messages": count,
+                "seconds": 1.0,
+                **fields,
+            }
     if budget >= 2:
         # The remainder, so that the log has exactly ``records`` records.
         conn += 1
@@ -79,8 +102,14 @@ def server_events(records: int, connections: int, seconds: float, seed: int = 1
         for seq in range(1, budget - 1):
             now += rng.expovariate(rate)
             yield {"event": "message", "time": now, "seq": seq, "msg": b"rest", **fields}
-        yield {"event": "disconnect", "time": now, "how": "clean", "messages": budget - 2,
-               "seconds": 1.0, **fields}
+        yield {
+            "event": "disconnect",
+            "time": now,
+            "how": "clean",
+            "messages": budget - 2,
+            "seconds": 1.0,
+            **fields,
+        }
     yield {"event": "stop", "time": now, "connections": conn, "messages": 0}
 
 
@@ -94,8 +123,15 @@ def client_events(records: int, seconds: float, seed: int = 2) -> Iterator[dict[
         rtt = rng.lognormvariate(-0.5, 0.6)
         conn = seq % 100 + 1
         yield {"event": "sent", "time": now, "conn": conn, "seq": seq, "msg": b"hello", **fields}
-        yield {"event": "reply", "time": now + rtt / 1000, "conn": conn, "seq": seq,
-               "msg": b"Server received: hello", "rtt_ms": rtt, **fields}
+        yield {
+            "event": "reply",
+            "time": now + rtt / 1000,
+            "conn": conn,
+            "seq": seq,
+            "msg": b"Server received: hello",
+            "rtt_ms": rtt,
+            **fields,
+        }
 
 
 def write_log(path: Path, events: Iterator[dict[str, Any]], fmt: str) -> int:
@@ -117,8 +153,9 @@ def write_log(path: Path, events: Iterator[dict[str, Any]], fmt: str) -> int:
 def run_report(args: list[str]) -> tuple[float, float, int]:
     """Run the report in a child; (wall seconds, CPU seconds, peak RSS in KiB)."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "chatlog.report", *args],
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chatlog.report", *args], stdout=subprocess.DEVNULL
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
@@ -139,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="chatlog-report-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     server_log = workdir / f"server.{args.format}.log"
-    n = write_log(server_log, server_events(args.records, args.connections, args.seconds),
-                  args.format)
+    n = write_log(
+        server_log, server_events(args.records, args.connections, args.seconds), args.format
+    )
     logs = [str(server_log)]
     print(f"{server_log}: {n:,} records, {server_log.stat().st_size / 1e6:,.1f} MB")
     if not args.no_client:
@@ -149,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         logs.append(str(client_log))
         print(f"{client_log}: {n:,} records, {client_log.stat().st_size / 1e6:,.1f} MB")
     wall, cpu, rss_kib = run_report([*logs, "-o", str(workdir / "report")])
-    print(f"report: {wall:.1f} s wall, {cpu:.1f} s CPU, peak RSS {rss_kib / 1024:.0f} MiB "
-          f"-> {workdir / 'report'}")
+    print(
+        f"report: {wall:.1f} s wall, {cpu:.1f} s CPU, peak RSS {rss_kib / 1024:.0f} MiB "
+        f"-> {workdir / 'report'}"
+    )
     return 0
 
 

@@ -81,8 +81,19 @@ class Options(usage.Options):
         ],
         ["max-connections", None, 10000, "Most connections at once.", _count],
         ["max-per-ip", None, 1000, "Most connections at once from one address.", _count],
-        ["metrics", None, None, "Serve Prometheus metrics at /metrics on this endpoint (e.g. tcp:9100)."],
-        ["workers", None, 1, "Processes sharing the listening port, each with its own log.", _positive_int],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics on this endpoint (e.g. tcp:9100).",
+        ],
+        [
+            "workers",
+            None,
+            1,
+            "Processes sharing the listening port, each with its own log.",
+            _positive_int,
+        ],
     ]
     optFlags = [
         ["utc", None, "Timestamps in UTC instead of local time."],
@@ -112,7 +123,6 @@ class Options(usage.Options):
             folder = os.path.dirname(os.path.abspath(logfile))
             if not os.path.isdir(folder):
                 raise usage.UsageError(f"--logfile {logfile!r}: no such directory {folder}")
-
 
     def _check_workers(self) -> None:
         port = self["port"]

@@ -222,7 +222,9 @@ def soak_fair(workdir: Path) -> bool:
     finally:
         server.stop()
     stats = percentiles(rtts)
-    say("fair", flood_lines_per_s=int(rate), probe_rtt_ms={k: round(v, 2) for k, v in stats.items()})
+    say(
+        "fair", flood_lines_per_s=int(rate), probe_rtt_ms={k: round(v, 2) for k, v in stats.items()}
+    )
     return stats["p99"] < 100
 
 
@@ -231,7 +233,11 @@ def soak_held(workdir: Path) -> bool:
     count, seconds = 10_000, scaled(60)
     raise_nofile(count * 2)
     server, pid = server_in(
-        workdir, "--max-connections", "20000", "--max-per-ip", "0",
+        workdir,
+        "--max-connections",
+        "20000",
+        "--max-per-ip",
+        "0",
         port="tcp:0:interface=127.0.0.1:backlog=1024",
     )
     try:
@@ -324,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+        parser.error(
+            f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}"
+        )
     SCALE = args.scale
     failed = []
     for name in args.scenarios or list(SCENARIOS):

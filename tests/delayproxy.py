@@ -105,12 +105,16 @@ class DelayProxy:
         if writer.can_write_eof():
             writer.write_eof()
 
-    async def _hold(self, reader: asyncio.StreamReader, held: asyncio.Queue[tuple[float, bytes]]) -> None:
+    async def _hold(
+        self, reader: asyncio.StreamReader, held: asyncio.Queue[tuple[float, bytes]]
+    ) -> None:
         while data := await reader.read(65536):
             held.put_nowait((self.release_time(self._loop.time()), data))
         held.put_nowait((0.0, b""))
 
-    async def _release(self, held: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter) -> None:
+    async def _release(
+        self, held: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter
+    ) -> None:
         while True:
             release, data = await held.get()
             if not data:

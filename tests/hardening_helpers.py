@@ -86,7 +86,9 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.01) -> object:
+def wait_until(
+    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.01
+) -> object:
     """Poll ``condition`` until it returns something true, or fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -130,7 +132,9 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
 class LineClient:
     """One blocking connection that reads whole lines, with a deadline on every read."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = 5.0, source: str | None = None) -> None:
+    def __init__(
+        self, address: tuple[str, int], timeout: float = 5.0, source: str | None = None
+    ) -> None:
         self.sock = socket.create_connection(
             address, timeout=timeout, source_address=(source, 0) if source else None
         )
@@ -429,7 +433,9 @@ def ping_all(socks: list[socket.socket], tag: str, timeout: float = 30.0) -> Non
             selector.register(sock, selectors.EVENT_READ)
         while pending:
             if time.monotonic() > deadline:
-                raise AssertionError(f"{len(pending)} of {len(socks)} replies missing after {timeout} s")
+                raise AssertionError(
+                    f"{len(pending)} of {len(socks)} replies missing after {timeout} s"
+                )
             for key, _ in selector.select(0.1):
                 sock = key.fileobj
                 state = pending[sock]

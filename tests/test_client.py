@@ -33,7 +33,9 @@ def clock_ns(clock: Clock) -> Any:
     return lambda: round(clock.seconds() * 1e9)
 
 
-def start_run(plan: LoadPlan, log: ClientLog | None = None) -> tuple[Clock, LoadRun, list[StringTransport]]:
+def start_run(
+    plan: LoadPlan, log: ClientLog | None = None
+) -> tuple[Clock, LoadRun, list[StringTransport]]:
     """A run over ``StringTransport``s on a fresh clock, started."""
     clock = Clock()
     run = LoadRun(plan, clock, now_ns=clock_ns(clock), log=log)
@@ -198,7 +200,9 @@ def test_open_loop_sends_everything_due_in_one_write_per_connection() -> None:
 
 def test_no_reply_within_timeout_gives_up() -> None:
     """A server that never answers: after --timeout the run ends with the messages as errors."""
-    clock, run, transports = start_run(LoadPlan(connections=2, messages=10, pipeline=4, timeout=1.0))
+    clock, run, transports = start_run(
+        LoadPlan(connections=2, messages=10, pipeline=4, timeout=1.0)
+    )
     for _ in range(int(2 / TICK)):
         clock.advance(TICK)
     assert run.finished.called
@@ -229,7 +233,9 @@ def test_client_log_has_one_sent_and_one_reply_record_per_message(tmp_path: Path
 
 
 @pytest.mark.parametrize("format_name", ["event", "dash", "json"])
-def test_client_log_formats_and_batched_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, format_name: str) -> None:
+def test_client_log_formats_and_batched_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, format_name: str
+) -> None:
     """Each format gives one line per record, written with one write(2) per flush."""
     path = tmp_path / "client.log"
     log = ClientLog(str(path), format_name, ip="10.0.0.1", port=7)
@@ -243,7 +249,9 @@ def test_client_log_formats_and_batched_writes(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(os, "write", counting_write)
     for seq in range(1, 101):
         log.pending.append(("sent", 1_000_000 * seq, 3, seq, b"hi\\\x1b", 0))
-        log.pending.append(("reply", 1_000_000 * seq + 250_000, 3, seq, b"Server received: hi\\\x1b", 250_000))
+        log.pending.append(
+            ("reply", 1_000_000 * seq + 250_000, 3, seq, b"Server received: hi\\\x1b", 250_000)
+        )
     log.close()
     assert len(writes) == 1
     lines = path.read_bytes().split(b"\n")
@@ -269,7 +277,14 @@ def test_summary_json_has_the_contract_keys() -> None:
     recorder.pending.extend([1000] * 98 + [5000, 200_000])
     recorder.fold()
     data = json.loads(Summary(100, 1, 2.0, 4, recorder.histogram).json_line())
-    assert set(data) >= {"messages", "errors", "duration_s", "throughput_msgs_per_s", "connections", "rtt_ms"}
+    assert set(data) >= {
+        "messages",
+        "errors",
+        "duration_s",
+        "throughput_msgs_per_s",
+        "connections",
+        "rtt_ms",
+    }
     assert set(data["rtt_ms"]) == {"min", "mean", "p50", "p90", "p99", "p999", "max"}
     assert (data["messages"], data["errors"], data["connections"]) == (100, 1, 4)
     assert data["duration_s"] == 2.0 and data["throughput_msgs_per_s"] == 50.0
@@ -333,8 +348,13 @@ def test_options_choose_the_mode_and_refuse_nonsense() -> None:
     load = client_options.parse(["--connections", "10"])
     assert client_options.is_load(load)
     assert (load.duration, load.messages, load.size, load.pipeline) == (10.0, None, 16, 1)
-    for bad in (["--connections", "2", "hi"], ["--messages", "3", "--duration", "1"],
-                ["--procs", "4", "--connections", "2"], ["--ca", "x.pem"], ["--rate", "0"]):
+    for bad in (
+        ["--connections", "2", "hi"],
+        ["--messages", "3", "--duration", "1"],
+        ["--procs", "4", "--connections", "2"],
+        ["--ca", "x.pem"],
+        ["--rate", "0"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             client_options.parse(bad)
         assert exit_info.value.code == 2
@@ -343,7 +363,9 @@ def test_options_choose_the_mode_and_refuse_nonsense() -> None:
 def test_procs_split_connections_and_rate() -> None:
     """--procs: connections split evenly, each worker gets its share of the rate and its ids."""
     assert procs.shares(10, 3) == [4, 3, 3]
-    options = client_options.parse(["--connections", "10", "--rate", "1000", "--procs", "3", "--messages", "5"])
+    options = client_options.parse(
+        ["--connections", "10", "--rate", "1000", "--procs", "3", "--messages", "5"]
+    )
     argv = procs.worker_argv(options, 4, 0)
     assert argv[argv.index("--rate") + 1] == repr(400.0)
     assert argv[argv.index("--connections") + 1] == "4"

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.e2e
 REPLY_LINE = re.compile(rb"^Server received: (.*)  \((\d+\.\d{3}) ms\)$")
 
 
-def client(*args: str, input: bytes | None = b"", timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+def client(
+    *args: str, input: bytes | None = b"", timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "chatlog.client", *args],
         input=input,
@@ -102,7 +104,10 @@ def test_refused_connection_is_one_line_and_exit_1() -> None:
     result = client("--port", str(port), "hello")
     assert result.returncode == 1
     assert result.stdout == b""
-    assert result.stderr == f"chatlog.client: cannot connect to 127.0.0.1:{port}: connection refused\n".encode()
+    assert (
+        result.stderr
+        == f"chatlog.client: cannot connect to 127.0.0.1:{port}: connection refused\n".encode()
+    )
     load = client("--port", str(port), "--connections", "3", "--messages", "2")
     assert load.returncode == 1
     assert load.stderr.count(b"\n") == 1 and b"connection refused" in load.stderr
@@ -116,7 +121,9 @@ def test_dropped_connection_is_one_line_and_exit_1(chatlog_server: Any) -> None:
     out = result.stdout.split(b"\n")
     assert REPLY_LINE.match(out[0]) and out[1].startswith(b"ERROR line too long")
     assert result.stderr.count(b"\n") == 1
-    assert result.stderr.startswith(f"chatlog.client: connection to 127.0.0.1:{server.port} lost".encode())
+    assert result.stderr.startswith(
+        f"chatlog.client: connection to 127.0.0.1:{server.port} lost".encode()
+    )
 
 
 def test_load_log_and_server_log_are_complete(chatlog_server: Any, tmp_path: Path) -> None:
@@ -124,8 +131,19 @@ def test_load_log_and_server_log_are_complete(chatlog_server: Any, tmp_path: Pat
     server = chatlog_server()
     log = tmp_path / "client.log"
     result = client(
-        "--port", str(server.port), "--connections", "3", "--messages", "50",
-        "--pipeline", "8", "--size", "24", "--logfile", str(log), "--json",
+        "--port",
+        str(server.port),
+        "--connections",
+        "3",
+        "--messages",
+        "50",
+        "--pipeline",
+        "8",
+        "--size",
+        "24",
+        "--logfile",
+        str(log),
+        "--json",
     )
     data = summary_of(result)
     check_schema(data)
@@ -138,7 +156,9 @@ def test_load_log_and_server_log_are_complete(chatlog_server: Any, tmp_path: Pat
     expected = {(str(c).encode(), str(s).encode()) for c in (1, 2, 3) for s in range(1, 51)}
     sent_ids = [MESSAGE_ID.search(r).groups() for r in sent]  # type: ignore[union-attr]
     assert sorted(sent_ids) == sorted(expected)
-    assert all(re.search(rb" - Server received: c\d+-s\d+-x+ \(rtt \d+\.\d+ ms\)$", r) for r in received)
+    assert all(
+        re.search(rb" - Server received: c\d+-s\d+-x+ \(rtt \d+\.\d+ ms\)$", r) for r in received
+    )
     assert all(len(MESSAGE_ID.search(r).group(0)) <= 24 for r in sent)  # type: ignore[union-attr]
     # The server acknowledged each message only once it was logged: all 150 are there.
     ids = server_ids(server.records())
@@ -149,7 +169,9 @@ def test_p50_shows_a_known_reply_delay(chatlog_server: Any) -> None:
     """Through a proxy that holds every reply 50 ms, the reported p50 is 50 ms (and no RTT is less)."""
     server = chatlog_server()
     with delay_proxy(server.address, delay=0.05) as proxy:
-        data = summary_of(client("--port", str(proxy.port), "--connections", "4", "--messages", "10", "--json"))
+        data = summary_of(
+            client("--port", str(proxy.port), "--connections", "4", "--messages", "10", "--json")
+        )
     check_schema(data)
     assert data["messages"] == 40
     rtt = data["rtt_ms"]
@@ -162,9 +184,19 @@ def test_open_loop_stall_reaches_the_p99(chatlog_server: Any) -> None:
     """--rate: a one-off 300 ms stall delays every message due during it, and the p99 shows it."""
     server = chatlog_server()
     with delay_proxy(server.address, stall_after=0.5, stall_for=0.3) as proxy:
-        data = summary_of(client(
-            "--port", str(proxy.port), "--connections", "4", "--rate", "200", "--duration", "2", "--json",
-        ))
+        data = summary_of(
+            client(
+                "--port",
+                str(proxy.port),
+                "--connections",
+                "4",
+                "--rate",
+                "200",
+                "--duration",
+                "2",
+                "--json",
+            )
+        )
     check_schema(data)
     assert data["messages"] == 400
     rtt = data["rtt_ms"]
@@ -179,13 +211,25 @@ def test_open_loop_stall_reaches_the_p99(chatlog_server: Any) -> None:
 def test_procs_merge_histograms(chatlog_server: Any) -> None:
     """--procs 2: two worker processes, one summary, connection ids unique across them."""
     server = chatlog_server()
-    data = summary_of(client(
-        "--port", str(server.port), "--connections", "4", "--messages", "20", "--procs", "2", "--json",
-    ))
+    data = summary_of(
+        client(
+            "--port",
+            str(server.port),
+            "--connections",
+            "4",
+            "--messages",
+            "20",
+            "--procs",
+            "2",
+            "--json",
+        )
+    )
     check_schema(data)
     assert (data["messages"], data["connections"], data["procs"]) == (80, 4, 2)
     ids = server_ids(server.records())
-    assert set(ids) == {(str(c).encode(), str(s).encode()) for c in range(1, 5) for s in range(1, 21)}
+    assert set(ids) == {
+        (str(c).encode(), str(s).encode()) for c in range(1, 5) for s in range(1, 21)
+    }
 
 
 def test_tls_with_a_trusted_certificate(chatlog_server: Any, tmp_path: Path) -> None:
@@ -197,8 +241,20 @@ def test_tls_with_a_trusted_certificate(chatlog_server: Any, tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     match = REPLY_LINE.match(result.stdout.split(b"\n")[0])
     assert match and match.group(1) == b"Hello, TLS!"
-    load = summary_of(client("--port", str(server.port), "--tls", "--ca", ca,
-                             "--connections", "2", "--messages", "10", "--json"))
+    load = summary_of(
+        client(
+            "--port",
+            str(server.port),
+            "--tls",
+            "--ca",
+            ca,
+            "--connections",
+            "2",
+            "--messages",
+            "10",
+            "--json",
+        )
+    )
     assert load["messages"] == 20
     untrusted = client("--port", str(server.port), "--tls", "Hello")
     assert untrusted.returncode == 1

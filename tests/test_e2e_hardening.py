@@ -113,7 +113,9 @@ def test_every_reply_follows_its_record(chatlog_server, options: tuple[str, ...]
             message = b"one-%d" % i
             client.send(message + b"\n")
             assert client.line() == REPLY + message
-            assert logged_messages(server.log_path)[message] == 1, f"{message!r} replied, not logged"
+            assert logged_messages(server.log_path)[message] == 1, (
+                f"{message!r} replied, not logged"
+            )
         # A pipelined burst: after every chunk of replies, every reply so far is logged.
         burst = [b"burst-%d" % i for i in range(5000)]
         client.send(b"".join(m + b"\n" for m in burst))
@@ -287,7 +289,9 @@ def test_policy_close_aborts_a_client_that_does_not_read(chatlog_server) -> None
 # -- load shapes ------------------------------------------------------------------------
 
 
-def _flood(sock: socket.socket, chunk: bytes, total: int, seconds: float, read: bool, out: dict) -> None:
+def _flood(
+    sock: socket.socket, chunk: bytes, total: int, seconds: float, read: bool, out: dict
+) -> None:
     """Send ``chunk`` repeatedly (up to ``total`` bytes or ``seconds``); read replies if asked."""
     sock.setblocking(False)
     sent = replies = 0
@@ -577,7 +581,9 @@ def test_kill9_loses_no_ack_and_restart_mends(chatlog_server, torn: bool) -> Non
     after = again.log_bytes()
     assert after.startswith(before), "the restart rewrote what was there"
     separator = b"" if before.endswith(b"\n") else b"\n"
-    assert after[len(before) :].startswith(separator + b"Server Started: "), after[len(before) - 20 :][:120]
+    assert after[len(before) :].startswith(separator + b"Server Started: "), after[
+        len(before) - 20 :
+    ][:120]
     records = again.records()
     start = max(i for i, r in enumerate(records) if r.startswith(b"Server Started: "))
     last_line = (before[:-1] if before.endswith(b"\n") else before).rsplit(b"\n", 1)[-1]
@@ -603,7 +609,10 @@ def test_ten_thousand_connections_held(chatlog_server) -> None:
     if limit < MANY + 200:
         pytest.skip(f"open-file limit {limit} is below {MANY + 200}")
     server = chatlog_server(
-        "--max-connections", str(MANY * 2), "--max-per-ip", "0",
+        "--max-connections",
+        str(MANY * 2),
+        "--max-per-ip",
+        "0",
         port="tcp:0:interface=127.0.0.1:backlog=1024",
     )
     pid = pid_of(server)

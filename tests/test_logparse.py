@@ -20,27 +20,56 @@ T = 1795314336.685174  # 2026-11-22, with microseconds
 PEER = {"ip": "127.0.0.1", "port": 53122, "conn": 17}
 
 SERVER_EVENTS: list[dict[str, Any]] = [
-    {"event": "start", "time": T, "listen": "127.0.0.1:5000", "endpoint": "tcp:5000",
-     "pid": 4242, "version": "0.1.0"},
+    {
+        "event": "start",
+        "time": T,
+        "listen": "127.0.0.1:5000",
+        "endpoint": "tcp:5000",
+        "pid": 4242,
+        "version": "0.1.0",
+    },
     {"event": "connect", "time": T, **PEER},
     {"event": "message", "time": T + 0.5, **PEER, "seq": 1, "msg": b"Hello, Server!"},
-    {"event": "disconnect", "time": T + 1, **PEER, "how": "clean", "messages": 1,
-     "seconds": 1.000001},
+    {
+        "event": "disconnect",
+        "time": T + 1,
+        **PEER,
+        "how": "clean",
+        "messages": 1,
+        "seconds": 1.000001,
+    },
     {"event": "line_too_long", "time": T + 2, **PEER, "limit": 65536},
     {"event": "timeout", "time": T + 3, **PEER, "kind": "idle", "seconds": 300},
     {"event": "timeout", "time": T + 3, **PEER, "kind": "line", "seconds": 2.5},
     {"event": "rejected", "time": T + 4, **PEER, "reason": "server busy", "limit": 10000},
-    {"event": "rejected", "time": T + 4, **PEER,
-     "reason": "too many connections from this address", "limit": 1000},
-    {"event": "log_error", "time": T + 5, "seconds": 2.25,
-     "error": "[Errno 28] No space left on device", "refused": 3, "lost": 1},
+    {
+        "event": "rejected",
+        "time": T + 4,
+        **PEER,
+        "reason": "too many connections from this address",
+        "limit": 1000,
+    },
+    {
+        "event": "log_error",
+        "time": T + 5,
+        "seconds": 2.25,
+        "error": "[Errno 28] No space left on device",
+        "refused": 3,
+        "lost": 1,
+    },
     {"event": "stop", "time": T + 6, "connections": 1, "messages": 1},
 ]
 
 CLIENT_EVENTS: list[dict[str, Any]] = [
     {"event": "sent", "time": T, **PEER, "seq": 1, "msg": b"Hello (rtt 1.000 ms)"},
-    {"event": "reply", "time": T + 0.001, **PEER, "seq": 1,
-     "msg": b"Server received: Hello (rtt 1.000 ms)", "rtt_ms": 1.234},
+    {
+        "event": "reply",
+        "time": T + 0.001,
+        **PEER,
+        "seq": 1,
+        "msg": b"Server received: Hello (rtt 1.000 ms)",
+        "rtt_ms": 1.234,
+    },
 ]
 
 HOSTILE = [
@@ -89,16 +118,18 @@ def round_trip(events: list[dict[str, Any]], fmt: str, *, client: bool) -> list[
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_server_events_round_trip(fmt: str) -> None:
     """Every server event, formatted then parsed, gives back its fields."""
-    for parsed, event in zip(round_trip(SERVER_EVENTS, fmt, client=False), SERVER_EVENTS,
-                             strict=True):
+    for parsed, event in zip(
+        round_trip(SERVER_EVENTS, fmt, client=False), SERVER_EVENTS, strict=True
+    ):
         same(parsed, expected(event, fmt))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_client_events_round_trip(fmt: str) -> None:
     """The client's sent and reply records read back, round trip included."""
-    for parsed, event in zip(round_trip(CLIENT_EVENTS, fmt, client=True), CLIENT_EVENTS,
-                             strict=True):
+    for parsed, event in zip(
+        round_trip(CLIENT_EVENTS, fmt, client=True), CLIENT_EVENTS, strict=True
+    ):
         same(parsed, expected(event, fmt))
 
 
@@ -114,8 +145,10 @@ def test_hostile_text_round_trips(fmt: str, msg: bytes) -> None:
 @settings(max_examples=150, deadline=None)
 @given(
     fmt=st.sampled_from(FORMATS),
-    msg=st.one_of(st.binary(max_size=80), st.text(max_size=40).map(
-        lambda s: s.encode("utf-8", "surrogatepass"))).map(lambda b: b.replace(b"\n", b"")),
+    msg=st.one_of(
+        st.binary(max_size=80),
+        st.text(max_size=40).map(lambda s: s.encode("utf-8", "surrogatepass")),
+    ).map(lambda b: b.replace(b"\n", b"")),
     rtt=st.integers(min_value=0, max_value=10**9).map(lambda us: us / 1000),
     ip=st.sampled_from(["127.0.0.1", "::1", "fe80::1%eth0", "unix"]),
     when=st.floats(min_value=0, max_value=4e9),

@@ -167,7 +167,9 @@ def test_write_failure_refuses_then_recovers(tmp_path: Path, clock: Clock, disk:
     writer.flush()
     assert waiter.results == [False, True]
     records = path.read_bytes().split(b"\n")[:-1]
-    assert records[0].startswith(b"Log Error: 2026-11-22 07:35:48.000000 - log unavailable for 3.000000 s")
+    assert records[0].startswith(
+        b"Log Error: 2026-11-22 07:35:48.000000 - log unavailable for 3.000000 s"
+    )
     assert b"2 messages refused, 1 other record lost" in records[0]
     assert records[1].endswith(b"#1 - m3")
     assert writer.failing_since is None and writer.write_errors == 1
@@ -241,7 +243,14 @@ def test_refused_counts_lines_staged_together(tmp_path: Path, clock: Clock, disk
     path = tmp_path / "chat.log"
     writer = writer_for(path, clock)
     disk.space = 0
-    fields = {"event": "message", "time": clock.seconds(), "ip": "127.0.0.1", "port": 1, "conn": 1, "seq": 1}
+    fields = {
+        "event": "message",
+        "time": clock.seconds(),
+        "ip": "127.0.0.1",
+        "port": 1,
+        "conn": 1,
+        "seq": 1,
+    }
     writer.stageMessages(fields, [b"a", b"b", b"c"])
     writer({"event": "connect", "time": clock.seconds(), "ip": "127.0.0.1", "port": 1, "conn": 2})
     writer.flush()

@@ -46,9 +46,7 @@ class FakeLog:
         return [e["msg"] for e in self.events if e["event"] == "message"]
 
 
-def connect(
-    factory: ChatFactory, peer: Any = None
-) -> tuple[ChatProtocol, StringTransport]:
+def connect(factory: ChatFactory, peer: Any = None) -> tuple[ChatProtocol, StringTransport]:
     proto = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=peer or IPv4Address("TCP", "127.0.0.1", 53122))
     proto.makeConnection(transport)
@@ -159,9 +157,7 @@ def test_line_too_long_logs_answers_and_closes(
     log.flush()
     assert log.kinds() == ["connect", "message", "line_too_long"]
     assert log.events[-1]["limit"] == 100
-    assert transport.value() == (
-        b"Server received: ok\nERROR line too long (max 100 bytes)\n"
-    )
+    assert transport.value() == (b"Server received: ok\nERROR line too long (max 100 bytes)\n")
     assert transport.disconnecting
     clock.advance(factory.close_grace)
     assert transport.disconnected  # aborted: the client did not go away by itself
@@ -439,7 +435,9 @@ def test_real_log_any_bytes_any_chunking(
             assert match, record
             if match.group(1) == b"Message Received":
                 texts.append(unescape_text(match.group(2).decode()))
-        assert texts == [e[:-1] if e.endswith(b"\r") else e for e in stream.split(b"\n")[: len(texts)]]
+        assert texts == [
+            e[:-1] if e.endswith(b"\r") else e for e in stream.split(b"\n")[: len(texts)]
+        ]
     if fmt == "json":
         for record in records:
             assert record.isascii()

@@ -115,7 +115,7 @@ def test_json_marks_invalid_utf8() -> None:
 
 def test_json_valid_utf8_keeps_the_text() -> None:
     """Valid UTF-8, controls included, is the exact text; JSON escapes the controls."""
-    raw = "tab\there \u2028 \x85 \"quoted\" caf\u00e9".encode()
+    raw = 'tab\there \u2028 \x85 "quoted" caf\u00e9'.encode()
     record = make_formatter("json")(message(raw))
     assert record.isascii() and record.count(b"\n") == 1
     parsed = json.loads(record)
@@ -138,14 +138,55 @@ def test_ipv6_peer_is_bracketed() -> None:
 
 
 SERVER_EVENTS = [
-    {"event": "start", "listen": "127.0.0.1:5000", "endpoint": "tcp:5000", "pid": 42, "version": "0.1.0"},
+    {
+        "event": "start",
+        "listen": "127.0.0.1:5000",
+        "endpoint": "tcp:5000",
+        "pid": 42,
+        "version": "0.1.0",
+    },
     {"event": "connect", "ip": "10.1.2.3", "port": 4000, "conn": 1},
-    {"event": "disconnect", "ip": "10.1.2.3", "port": 4000, "conn": 1, "how": "clean", "messages": 3, "seconds": 1.5},
+    {
+        "event": "disconnect",
+        "ip": "10.1.2.3",
+        "port": 4000,
+        "conn": 1,
+        "how": "clean",
+        "messages": 3,
+        "seconds": 1.5,
+    },
     {"event": "line_too_long", "ip": "10.1.2.3", "port": 4000, "conn": 1, "limit": 100},
-    {"event": "timeout", "ip": "10.1.2.3", "port": 4000, "conn": 1, "kind": "idle", "seconds": 300.0},
-    {"event": "timeout", "ip": "10.1.2.3", "port": 4000, "conn": 1, "kind": "line", "seconds": 30.0},
-    {"event": "rejected", "ip": "10.1.2.3", "port": 4000, "conn": 1, "reason": "server busy", "limit": 10},
-    {"event": "log_error", "error": "[Errno 28] No space left on device", "seconds": 2.5, "refused": 7, "lost": 1},
+    {
+        "event": "timeout",
+        "ip": "10.1.2.3",
+        "port": 4000,
+        "conn": 1,
+        "kind": "idle",
+        "seconds": 300.0,
+    },
+    {
+        "event": "timeout",
+        "ip": "10.1.2.3",
+        "port": 4000,
+        "conn": 1,
+        "kind": "line",
+        "seconds": 30.0,
+    },
+    {
+        "event": "rejected",
+        "ip": "10.1.2.3",
+        "port": 4000,
+        "conn": 1,
+        "reason": "server busy",
+        "limit": 10,
+    },
+    {
+        "event": "log_error",
+        "error": "[Errno 28] No space left on device",
+        "seconds": 2.5,
+        "refused": 7,
+        "lost": 1,
+    },
     {"event": "stop", "connections": 1, "messages": 3},
 ]
 

@@ -20,11 +20,15 @@ from chatlog import report
 from chatlog.records import make_formatter
 from tests.serverproc import server_env
 
-PLOTS = ("messages_per_second.png", "connections.png", "rtt.png", "rtt_over_time.png",
-         "bench.png")
+PLOTS = ("messages_per_second.png", "connections.png", "rtt.png", "rtt_over_time.png", "bench.png")
 BENCH_ROWS = [
-    {"server": server, "connections": n, "msgs_per_s": rate * (1 + math.log10(n)),
-     "p99_ms": 0.2 * n ** 0.5, "mode": "closed"}
+    {
+        "server": server,
+        "connections": n,
+        "msgs_per_s": rate * (1 + math.log10(n)),
+        "p99_ms": 0.2 * n**0.5,
+        "mode": "closed",
+    }
     for server, rate in (("chatlog", 30000.0), ("threaded", 9000.0))
     for n in (1, 10, 100, 1000)
 ]
@@ -59,8 +63,9 @@ class LoggingClient:
         ip, port = sock.getpeername()[:2]
         fields = {"ip": ip, "port": port, "conn": conn, "seq": seq}
         started = time.perf_counter_ns()
-        self.records.append(self.format({"event": "sent", "time": time.time(), "msg": msg,
-                                         **fields}))
+        self.records.append(
+            self.format({"event": "sent", "time": time.time(), "msg": msg, **fields})
+        )
         sock.sendall(msg + b"\n")
         reply = b""
         while not reply.endswith(b"\n"):
@@ -70,8 +75,17 @@ class LoggingClient:
         rtt_ns = time.perf_counter_ns() - started
         assert reply == b"Server received: " + msg + b"\n"
         self.rtts_us.append(rtt_ns // 1000)
-        self.records.append(self.format({"event": "reply", "time": time.time(), "msg": reply[:-1],
-                                         "rtt_ms": round(rtt_ns / 1e6, 6), **fields}))
+        self.records.append(
+            self.format(
+                {
+                    "event": "reply",
+                    "time": time.time(),
+                    "msg": reply[:-1],
+                    "rtt_ms": round(rtt_ns / 1e6, 6),
+                    **fields,
+                }
+            )
+        )
 
 
 @pytest.mark.e2e
@@ -102,22 +116,24 @@ def test_report_of_a_real_run(fmt: str, chatlog_server: Any, tmp_path: Path) -> 
     bench.write_text(json.dumps(BENCH_ROWS))
     out = tmp_path / "report"
 
-    assert report.main([str(server.log_path), str(client_log), "-o", str(out),
-                        "--bench", str(bench)]) == 0
+    assert (
+        report.main([str(server.log_path), str(client_log), "-o", str(out), "--bench", str(bench)])
+        == 0
+    )
 
     summary = json.loads((out / "summary.json").read_text())
     total = sum(sent.values())
     assert [(f["format"], f["role"], f["unparsed"]) for f in summary["files"]] == [
-        (fmt, "server", 0), (fmt, "client", 0)]
+        (fmt, "server", 0),
+        (fmt, "client", 0),
+    ]
     assert summary["connections"]["total"] == 4
     assert summary["connections"]["peak_concurrent"] == 3
     assert summary["messages"]["total"] == total
     assert summary["messages"]["per_s"]["peak"] <= total
-    assert summary["clients"]["by_ip"] == [
-        {"ip": "127.0.0.1", "messages": total, "connections": 4}]
+    assert summary["clients"]["by_ip"] == [{"ip": "127.0.0.1", "messages": total, "connections": 4}]
     assert sorted(r["messages"] for r in summary["clients"]["by_address"]) == [0, 3, 5, 7][1:]
-    assert summary["disconnections"] == {"clean": 3, "lost": 0, "closed": 1,
-                                         "without_connect": 0}
+    assert summary["disconnections"] == {"clean": 3, "lost": 0, "closed": 1, "without_connect": 0}
     assert summary["limits"]["line_too_long"] == 1
     assert summary["limits"]["rejected"] == {"too many connections from this address": 1}
     assert summary["server_runs"]["reported_at_stop"] == {"connections": 4, "messages": total}
@@ -152,25 +168,59 @@ def write_events(path: Path, fmt: str, events: list[dict[str, Any]]) -> Path:
 
 def synthetic_run(conns: int, per_conn: int, start: float = 1795000000.0) -> list[dict[str, Any]]:
     """A run with ``conns`` overlapping connections of ``per_conn`` messages, 10 ms apart."""
-    events: list[dict[str, Any]] = [{"event": "start", "time": start, "listen": "x:1",
-                                     "endpoint": "tcp:1", "pid": 1, "version": "t"}]
+    events: list[dict[str, Any]] = [
+        {
+            "event": "start",
+            "time": start,
+            "listen": "x:1",
+            "endpoint": "tcp:1",
+            "pid": 1,
+            "version": "t",
+        }
+    ]
     now = start
     for conn in range(1, conns + 1):
         now += 0.01
-        events.append({"event": "connect", "time": now, "ip": f"10.0.0.{conn}",
-                       "port": 1000 + conn, "conn": conn})
+        events.append(
+            {
+                "event": "connect",
+                "time": now,
+                "ip": f"10.0.0.{conn}",
+                "port": 1000 + conn,
+                "conn": conn,
+            }
+        )
     for seq in range(1, per_conn + 1):
         for conn in range(1, conns + 1):
             now += 0.01
-            events.append({"event": "message", "time": now, "ip": f"10.0.0.{conn}",
-                           "port": 1000 + conn, "conn": conn, "seq": seq, "msg": b"m"})
+            events.append(
+                {
+                    "event": "message",
+                    "time": now,
+                    "ip": f"10.0.0.{conn}",
+                    "port": 1000 + conn,
+                    "conn": conn,
+                    "seq": seq,
+                    "msg": b"m",
+                }
+            )
     for conn in range(1, conns + 1):
         now += 0.01
-        events.append({"event": "disconnect", "time": now, "ip": f"10.0.0.{conn}",
-                       "port": 1000 + conn, "conn": conn, "how": "lost" if conn == 1 else "clean",
-                       "messages": per_conn, "seconds": 1.0})
-    events.append({"event": "stop", "time": now, "connections": conns,
-                   "messages": conns * per_conn})
+        events.append(
+            {
+                "event": "disconnect",
+                "time": now,
+                "ip": f"10.0.0.{conn}",
+                "port": 1000 + conn,
+                "conn": conn,
+                "how": "lost" if conn == 1 else "clean",
+                "messages": per_conn,
+                "seconds": 1.0,
+            }
+        )
+    events.append(
+        {"event": "stop", "time": now, "connections": conns, "messages": conns * per_conn}
+    )
     return events
 
 
@@ -206,8 +256,10 @@ def test_unparseable_records_are_reported_not_fatal(tmp_path: Path, capsys: Any)
     assert summary["unparsed"]["examples"][0]["text"] == "this is not a record"
     assert "this is not a record" in capsys.readouterr().out
     # No client log: no round-trip plots, and the page says nothing about them.
-    assert sorted(p.name for p in out.glob("*.png")) == ["connections.png",
-                                                         "messages_per_second.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "connections.png",
+        "messages_per_second.png",
+    ]
 
 
 def test_missing_file_is_an_error(tmp_path: Path, capsys: Any) -> None:
@@ -245,10 +297,28 @@ def test_agrees_with_the_clients_own_summary(chatlog_server: Any, tmp_path: Path
     server = chatlog_server("--format", "json")
     client_log = tmp_path / "client.log"
     result = subprocess.run(
-        [sys.executable, "-m", "chatlog.client", "--host", server.host, "--port",
-         str(server.port), "--connections", "3", "--messages", "200", "--json",
-         "--logfile", str(client_log), "--format", "json"],
-        capture_output=True, env=server_env(), timeout=60, check=True,
+        [
+            sys.executable,
+            "-m",
+            "chatlog.client",
+            "--host",
+            server.host,
+            "--port",
+            str(server.port),
+            "--connections",
+            "3",
+            "--messages",
+            "200",
+            "--json",
+            "--logfile",
+            str(client_log),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        env=server_env(),
+        timeout=60,
+        check=True,
     )
     own = json.loads(result.stdout)
     server.stop()

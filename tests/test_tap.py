@@ -45,10 +45,28 @@ def test_every_option(tmp_path: Path) -> None:
     """Each option lands in the parsed dict with its type."""
     log = str(tmp_path / "x.log")
     assert parse(
-        "--port", "5001", "--logfile", log, "--format", "json", "--utc", "--fsync",
-        "--max-line", "100", "--idle-timeout", "1.5", "--line-timeout", "0",
-        "--max-connections", "0", "--max-per-ip", "7", "--metrics", "9100",
-        "--workers", "1",
+        "--port",
+        "5001",
+        "--logfile",
+        log,
+        "--format",
+        "json",
+        "--utc",
+        "--fsync",
+        "--max-line",
+        "100",
+        "--idle-timeout",
+        "1.5",
+        "--line-timeout",
+        "0",
+        "--max-connections",
+        "0",
+        "--max-per-ip",
+        "7",
+        "--metrics",
+        "9100",
+        "--workers",
+        "1",
     ) == {
         "port": "tcp:5001",
         "logfile": log,
@@ -100,8 +118,19 @@ def test_bad_values_are_usage_errors(argv: list[str], message: str) -> None:
 
 def test_as_argv_round_trips(tmp_path: Path) -> None:
     """The options passed on to a worker parse back to the same options."""
-    argv = ["--port", "tcp:0:interface=127.0.0.1", "--logfile", str(tmp_path / "x.log"),
-            "--format", "dash", "--utc", "--max-line", "99", "--workers", "3"]
+    argv = [
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--logfile",
+        str(tmp_path / "x.log"),
+        "--format",
+        "dash",
+        "--utc",
+        "--max-line",
+        "99",
+        "--workers",
+        "3",
+    ]
     options = Options()
     options.parseOptions(argv)
     again = Options()
@@ -150,8 +179,14 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = run_twistd(
-            tmp_path, "-n", "--pidfile=", "chatlog",
-            "--port", f"tcp:{port}:interface=127.0.0.1", "--logfile", "x.log",
+            tmp_path,
+            "-n",
+            "--pidfile=",
+            "chatlog",
+            "--port",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--logfile",
+            "x.log",
         )
     assert result.returncode == 1
     assert result.stderr == (

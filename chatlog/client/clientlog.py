@@ -50,8 +50,15 @@ class ClientLog:
         ip, port, wall_time = self.ip, self.port, self.wall_time
         out: list[dict[str, Any]] = []
         for kind, when, conn, seq, msg, rtt_ns in pending:
-            event = {"event": kind, "time": wall_time(when), "ip": ip, "port": port,
-                     "conn": conn, "seq": seq, "msg": msg}
+            event = {
+                "event": kind,
+                "time": wall_time(when),
+                "ip": ip,
+                "port": port,
+                "conn": conn,
+                "seq": seq,
+                "msg": msg,
+            }
             if kind == "reply":
                 event["rtt_ms"] = round(rtt_ns / 1e6, 6)
             out.append(event)

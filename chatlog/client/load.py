@@ -155,7 +155,9 @@ class LoadProtocol(Protocol):
         self.transport.write(b"\n".join(payloads) + b"\n")
         if due is None:
             counted = now >= measure_from
-            self.inflight.extend(zip(seqs, payloads, repeat(now, count), repeat(counted, count), strict=True))
+            self.inflight.extend(
+                zip(seqs, payloads, repeat(now, count), repeat(counted, count), strict=True)
+            )
             if counted and self.budget is not None:
                 self.budget -= count
         else:
@@ -403,7 +405,9 @@ class LoadRun:
             self._schedule.tick()
         else:
             if plan.duration is not None:
-                self._stop_call = self.clock.callLater(plan.warmup + plan.duration, self.stop_sending)
+                self._stop_call = self.clock.callLater(
+                    plan.warmup + plan.duration, self.stop_sending
+                )
             for proto in self.protocols:
                 if not proto.done:
                     proto.refill(now)
@@ -481,5 +485,9 @@ class LoadRun:
             histogram=self.recorder.histogram,
             cpu_s=self._cpu,
             problems=list(self.problems)
-            + ([f"{self.problem_count - len(self.problems)} more"] if self.problem_count > len(self.problems) else []),
+            + (
+                [f"{self.problem_count - len(self.problems)} more"]
+                if self.problem_count > len(self.problems)
+                else []
+            ),
         )

@@ -23,7 +23,9 @@ class UsageError(Exception):
     """Options that do not fit together; argparse reports it with the usage line."""
 
 
-def _number(kind: Callable[[str], float], minimum: float, what: str, strict: bool = False) -> Callable[[str], float]:
+def _number(
+    kind: Callable[[str], float], minimum: float, what: str, strict: bool = False
+) -> Callable[[str], float]:
     def coerce(text: str) -> float:
         try:
             value = kind(text)
@@ -60,46 +62,88 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("message", nargs="*", help="lines to send, one reply each")
     where = parser.add_argument_group("server")
-    where.add_argument("--host", default="127.0.0.1", help="server address or name (default: %(default)s)")
-    where.add_argument("--port", type=_port, default=5000, help="server port (default: %(default)s)")
-    where.add_argument("--tls", action="store_true", help="connect with TLS (server on an ssl: endpoint)")
-    where.add_argument("--ca", metavar="FILE", help="PEM certificate(s) to trust for --tls instead of the system's")
     where.add_argument(
-        "--timeout", type=_seconds, default=10.0, metavar="S",
+        "--host", default="127.0.0.1", help="server address or name (default: %(default)s)"
+    )
+    where.add_argument(
+        "--port", type=_port, default=5000, help="server port (default: %(default)s)"
+    )
+    where.add_argument(
+        "--tls", action="store_true", help="connect with TLS (server on an ssl: endpoint)"
+    )
+    where.add_argument(
+        "--ca", metavar="FILE", help="PEM certificate(s) to trust for --tls instead of the system's"
+    )
+    where.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
         help="give up connecting, or waiting for the last replies, after S seconds (default: %(default)s)",
     )
     load = parser.add_argument_group("load")
-    load.add_argument("--connections", type=_positive_int, metavar="N", help="concurrent connections (default: 1)")
+    load.add_argument(
+        "--connections", type=_positive_int, metavar="N", help="concurrent connections (default: 1)"
+    )
     load.add_argument("--messages", type=_positive_int, metavar="M", help="messages per connection")
     load.add_argument(
-        "--duration", type=_seconds, metavar="S",
+        "--duration",
+        type=_seconds,
+        metavar="S",
         help=f"send for S seconds (default without --messages: {DEFAULT_DURATION:g})",
     )
     load.add_argument(
-        "--size", type=_positive_int, default=DEFAULT_SIZE, metavar="B",
+        "--size",
+        type=_positive_int,
+        default=DEFAULT_SIZE,
+        metavar="B",
         help="message size in bytes without the newline; a message is at least its id, like c3-s17- (default: %(default)s)",
     )
     load.add_argument(
-        "--pipeline", type=_positive_int, default=1, metavar="K",
+        "--pipeline",
+        type=_positive_int,
+        default=1,
+        metavar="K",
         help="messages in flight per connection, closed loop (default: %(default)s)",
     )
     load.add_argument(
-        "--rate", type=_rate, metavar="R",
+        "--rate",
+        type=_rate,
+        metavar="R",
         help="open loop: R messages per second in total on a fixed schedule; latency counts from the scheduled time",
     )
     load.add_argument(
-        "--warmup", type=_warmup, default=0.0, metavar="S",
+        "--warmup",
+        type=_warmup,
+        default=0.0,
+        metavar="S",
         help="run S seconds first without counting them (default: %(default)s)",
     )
     load.add_argument(
-        "--procs", type=_positive_int, default=1, metavar="N",
+        "--procs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
         help="split the connections (and rate) over N client processes and merge their histograms",
     )
     out = parser.add_argument_group("output")
-    out.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
-    out.add_argument("--logfile", metavar="PATH", help="the client's own log of every message sent and reply received (appended)")
-    out.add_argument("--format", choices=list(FORMATS), default="event", help="--logfile format (default: %(default)s)")
-    out.add_argument("--utc", action="store_true", help="--logfile timestamps in UTC instead of local time")
+    out.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object on stdout"
+    )
+    out.add_argument(
+        "--logfile",
+        metavar="PATH",
+        help="the client's own log of every message sent and reply received (appended)",
+    )
+    out.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        default="event",
+        help="--logfile format (default: %(default)s)",
+    )
+    out.add_argument(
+        "--utc", action="store_true", help="--logfile timestamps in UTC instead of local time"
+    )
     # What --procs passes to its workers; not for people.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--conn-offset", type=int, default=0, help=argparse.SUPPRESS)
@@ -124,7 +168,9 @@ def check(options: argparse.Namespace) -> None:
         raise UsageError("--ca only means something with --tls")
     if is_load(options):
         if options.message:
-            raise UsageError("give MESSAGEs or load options (--connections, --messages, ...), not both")
+            raise UsageError(
+                "give MESSAGEs or load options (--connections, --messages, ...), not both"
+            )
         if options.connections is None:
             options.connections = 1
         if options.messages is not None and options.duration is not None:

@@ -41,11 +41,24 @@ def shares(total: int, parts: int) -> list[int]:
 def worker_argv(options: argparse.Namespace, connections: int, offset: int) -> list[str]:
     """The command line of one worker: the same load, its share of it."""
     args = [
-        "--worker", "--json",
-        "--host", options.host, "--port", str(options.port),
-        "--connections", str(connections), "--conn-offset", str(offset),
-        "--size", str(options.size), "--pipeline", str(options.pipeline),
-        "--warmup", repr(options.warmup), "--timeout", repr(options.timeout),
+        "--worker",
+        "--json",
+        "--host",
+        options.host,
+        "--port",
+        str(options.port),
+        "--connections",
+        str(connections),
+        "--conn-offset",
+        str(offset),
+        "--size",
+        str(options.size),
+        "--pipeline",
+        str(options.pipeline),
+        "--warmup",
+        repr(options.warmup),
+        "--timeout",
+        repr(options.timeout),
     ]
     if options.messages is not None:
         args += ["--messages", str(options.messages)]
@@ -101,7 +114,11 @@ class Worker(ProcessProtocol):
         elif not reason.check(ProcessDone):
             code = 1
         if not self.ready.called:
-            self.ready.errback(ClientError(f"client worker {self.index} exited (status {code}) before it was connected"))
+            self.ready.errback(
+                ClientError(
+                    f"client worker {self.index} exited (status {code}) before it was connected"
+                )
+            )
         self.ended.callback(code)
 
     def summary(self) -> Summary:

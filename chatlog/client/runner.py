@@ -57,7 +57,9 @@ def describe(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def make_endpoint(reactor: Any, options: argparse.Namespace, family: int, ip: str) -> IStreamClientEndpoint:
+def make_endpoint(
+    reactor: Any, options: argparse.Namespace, family: int, ip: str
+) -> IStreamClientEndpoint:
     """TCP to ``ip``, wrapped in TLS with ``--tls`` (server name checked against ``--host``)."""
     kind = TCP6ClientEndpoint if family == socket.AF_INET6 else TCP4ClientEndpoint
     if isinstance(reactor, PosixReactorBase):
@@ -69,9 +71,7 @@ def make_endpoint(reactor: Any, options: argparse.Namespace, family: int, ip: st
         if options.ca:
             try:
                 with open(options.ca, "rb") as pem:
-                    trust = ssl.trustRootFromCertificates(
-                        [ssl.Certificate.loadPEM(pem.read())]
-                    )
+                    trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(pem.read())])
             except (OSError, ValueError) as error:
                 raise ClientError(f"--ca {options.ca}: {error}") from None
         endpoint = wrapClientTLS(ssl.optionsForClientTLS(options.host, trustRoot=trust), endpoint)
@@ -111,7 +111,9 @@ class LineReader:
     refuses, are polled by the reactor (Twisted does that by itself).
     """
 
-    def __init__(self, reactor: Any, fd: int, on_line: Callable[[bytes], None], on_eof: Callable[[], None]) -> None:
+    def __init__(
+        self, reactor: Any, fd: int, on_line: Callable[[bytes], None], on_eof: Callable[[], None]
+    ) -> None:
         self.reactor = reactor
         self.fd = fd
         self.on_line = on_line

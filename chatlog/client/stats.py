@@ -91,7 +91,10 @@ class Summary:
         h = self.histogram
         if h.get_total_count() == 0:
             return dict.fromkeys(["min", "mean", *PERCENTILES, "max"], None)
-        out: dict[str, float | None] = {"min": _ms(h.get_min_value()), "mean": _ms(h.get_mean_value())}
+        out: dict[str, float | None] = {
+            "min": _ms(h.get_min_value()),
+            "mean": _ms(h.get_mean_value()),
+        }
         for key, percentile in PERCENTILES.items():
             out[key] = _ms(h.get_value_at_percentile(percentile))
         out["max"] = _ms(h.get_max_value())
@@ -161,9 +164,15 @@ class Summary:
                 "rtt ms      "
                 + "  ".join(
                     f"{label} {rtt[key]:.3f}"
-                    for label, key in [("min", "min"), ("mean", "mean"), ("p50", "p50"),
-                                       ("p90", "p90"), ("p99", "p99"), ("p99.9", "p999"),
-                                       ("max", "max")]
+                    for label, key in [
+                        ("min", "min"),
+                        ("mean", "mean"),
+                        ("p50", "p50"),
+                        ("p90", "p90"),
+                        ("p99", "p99"),
+                        ("p99.9", "p999"),
+                        ("max", "max"),
+                    ]
                 )
             )
         return "\n".join(lines)
