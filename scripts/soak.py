@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.hardening_helpers import (  # noqa: E402  (the checkout must be on the path first)
+from tests.support.hardening_helpers import (  # noqa: E402  (the checkout must be on the path first)
     LineClient,
     Load,
     close_all,
@@ -46,7 +46,7 @@ from tests.hardening_helpers import (  # noqa: E402  (the checkout must be on th
     server_pid,
     wait_until,
 )
-from tests.serverproc import RunningServer, start_server  # noqa: E402
+from tests.support.twistd import RunningServer, start_server  # noqa: E402
 
 SCALE = 1.0
 

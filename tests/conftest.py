@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.serverproc import RunningServer, start_server
+from tests.support.twistd import RunningServer, start_server
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 
 from chatlog.client.clientlog import ClientLog
 from chatlog.client.stats import Recorder, Summary, cpu_seconds
-from chatlog.protocol import REPLY_PREFIX
+from chatlog.wire import REPLY_PREFIX
 
 _PREFIX_LEN = len(REPLY_PREFIX)
 #: The id at the start of every load message: connection and sequence number.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from chatlog.records import FORMATS
+from chatlog.log.records import FORMATS
 
 #: A load run with neither --messages nor --duration lasts this long (as wrk does).
 DEFAULT_DURATION = 10.0

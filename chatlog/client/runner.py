@@ -28,10 +28,11 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from chatlog._fastpath import EagerConnecting
 from chatlog.client.clientlog import ClientLog
-from chatlog.client.eager import EagerConnecting
 from chatlog.client.load import LoadPlan, LoadRun
 from chatlog.client.stats import Summary
+from chatlog.wire import format_address
 
 #: Connection attempts in progress at once: a server's accept backlog (50 in
 #: Twisted) overflows with thousands of simultaneous SYNs, and a dropped SYN
@@ -51,10 +52,6 @@ def resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
         raise ClientError(f"cannot resolve {host}: {error.strerror or error}") from None
     family, _, _, _, sockaddr = infos[0]
     return family, str(sockaddr[0])
-
-
-def describe(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def make_endpoint(
@@ -231,7 +228,7 @@ class ProgressBar:
 async def run_load(reactor: Any, options: argparse.Namespace) -> Summary:
     """Connect, run the load, return the summary (problems listed in it)."""
     family, ip = resolve(options.host, options.port)
-    where = describe(ip, options.port)
+    where = format_address(ip, options.port)
     plan = LoadPlan.from_options(options)
     log = (
         ClientLog(options.logfile, options.format, options.utc, ip, options.port)

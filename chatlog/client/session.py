@@ -26,13 +26,12 @@ from chatlog.client.runner import (
     ClientError,
     LineReader,
     connection_error,
-    describe,
     make_endpoint,
     resolve,
 )
 from chatlog.client.stats import Recorder, Summary
-from chatlog.protocol import REPLY_PREFIX
-from chatlog.records import escape_text
+from chatlog.log.records import escape_text
+from chatlog.wire import REPLY_PREFIX, format_address
 
 
 class ConnectionGone(Exception):
@@ -139,7 +138,7 @@ async def converse(
     stdin = stdin if stdin is not None else sys.stdin
     stdout = stdout if stdout is not None else sys.stdout
     family, ip = resolve(options.host, options.port)
-    where = describe(ip, options.port)
+    where = format_address(ip, options.port)
     endpoint = make_endpoint(reactor, options, family, ip)
     log = (
         ClientLog(options.logfile, options.format, options.utc, ip, options.port)

@@ -1,6 +1,6 @@
 """twistd plugin registration for chatlog: ``twistd chatlog``.
 
-Only a name and a module path: twistd imports ``chatlog.tap`` when the
+Only a name and a module path: twistd imports ``chatlog.server.tap`` when the
 subcommand is used, so a broken install can never break twistd itself.
 """
 
@@ -8,7 +8,7 @@ from twisted.application.service import ServiceMaker
 
 chatlog = ServiceMaker(
     "chatlog",
-    "chatlog.tap",
+    "chatlog.server.tap",
     "A line server that answers and logs every message.",
     "chatlog",
 )

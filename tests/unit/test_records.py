@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatlog.records import (
+from chatlog.log.records import (
     EVENT_NAMES,
     Timestamps,
     escape_text,

@@ -1,7 +1,7 @@
 """End-to-end: ``python -m chatlog.client`` against the real ``twistd chatlog``.
 
 The client runs as a subprocess, as a user runs it.  Its figures are checked
-against an independent instrument, :mod:`tests.delayproxy`, which holds every
+against an independent instrument, :mod:`tests.support.delayproxy`, which holds every
 reply a known time (the p50 must show it) or stalls once (the p99 of an
 open-loop run must show it).
 """
@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from chatlog.client.load import MESSAGE_ID
-from tests.certs import self_signed
-from tests.delayproxy import delay_proxy
-from tests.serverproc import ROOT, server_env
+from tests.support.certs import self_signed
+from tests.support.delayproxy import delay_proxy
+from tests.support.twistd import ROOT, server_env
 
 pytestmark = pytest.mark.e2e
 

@@ -30,10 +30,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import chatlog
-from chatlog.dispatch import use_plain_dispatch
-from chatlog.eager import use_eager_transport
-from chatlog.logwriter import LogWriter
-from chatlog.protocol import ChatFactory, peer_address
+from chatlog._fastpath import use_eager_transport, use_plain_dispatch
+from chatlog.log.writer import LogWriter
+from chatlog.server.protocol import ChatFactory, peer_address
+from chatlog.wire import format_address
 
 log = Logger()
 
@@ -86,7 +86,7 @@ def describe_address(address: Any) -> str:
     ip, port = peer_address(address)
     if ip == "unix":
         return str(getattr(address, "name", address))
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return format_address(ip, port)
 
 
 class ChatlogService(service.Service):

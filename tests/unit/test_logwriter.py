@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from chatlog.logwriter import LogWriter
-from chatlog.records import make_formatter
+from chatlog.log.records import make_formatter
+from chatlog.log.writer import LogWriter
 
 
 class Waiter:

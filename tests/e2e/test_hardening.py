@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hardening_helpers import (
+from tests.support.hardening_helpers import (
     REPLY,
     LineClient,
     Load,

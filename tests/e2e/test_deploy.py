@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from tests.certs import self_signed
-from tests.serverproc import LISTENING, ROOT, RunningServer, launch, server_env, twistd_command
+from tests.support.certs import self_signed
+from tests.support.twistd import LISTENING, ROOT, RunningServer, launch, server_env, twistd_command
 
 pytestmark = pytest.mark.e2e
 

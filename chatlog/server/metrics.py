@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from chatlog.logwriter import LogWriter
-from chatlog.protocol import ChatFactory
+from chatlog.log.writer import LogWriter
+from chatlog.server.protocol import ChatFactory
 
 #: Limit events, by the reason label they carry.
 LIMIT_REASONS = ("line_too_long", "timeout", "rejected_busy", "rejected_per_ip")

@@ -3,7 +3,7 @@
 :class:`ChatProtocol` reads ``\\n``-terminated lines (a trailing ``\\r`` is
 dropped) and answers each with ``Server received: <line>\\n``.  Every
 connection, message and disconnection is described as an event dict and
-handed to the factory's *observer* (a :class:`chatlog.logwriter.LogWriter` in
+handed to the factory's *observer* (a :class:`chatlog.log.writer.LogWriter` in
 the server, anything callable in tests).
 
 "Ack implies logged": replies are not written when a line arrives.  The
@@ -36,16 +36,15 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatlog.records import Event
-
-REPLY_PREFIX = b"Server received: "
-# All replies of one turn are sent as one write: PREFIX + SEPARATOR.join(lines) + b"\n".
-_REPLY_SEPARATOR = b"\n" + REPLY_PREFIX
-
-ERROR_LOG_UNAVAILABLE = b"ERROR log unavailable\n"
-ERROR_SERVER_BUSY = b"ERROR server busy\n"
-ERROR_TOO_MANY_FROM_ADDRESS = b"ERROR too many connections from your address\n"
-ERROR_TIMEOUT = b"ERROR timeout\n"
+from chatlog.log.records import Event
+from chatlog.wire import (
+    ERROR_LOG_UNAVAILABLE,
+    ERROR_SERVER_BUSY,
+    ERROR_TIMEOUT,
+    ERROR_TOO_MANY_FROM_ADDRESS,
+    error_line_too_long,
+    replies,
+)
 
 
 class Observer(Protocol):
@@ -283,7 +282,7 @@ class ChatProtocol(LineOnlyReceiver):
         self.factory.count_limit("line_too_long")
         self._policy_close(
             {**self._fields("line_too_long"), "limit": self.MAX_LENGTH},
-            b"ERROR line too long (max %d bytes)\n" % self.MAX_LENGTH,
+            error_line_too_long(self.MAX_LENGTH),
         )
 
     # -- answering, once the log has the records ------------------------------
@@ -294,7 +293,7 @@ class ChatProtocol(LineOnlyReceiver):
         lines, self._unacked = self._unacked, []
         if lines:
             if ok:
-                self.transport.write(REPLY_PREFIX + _REPLY_SEPARATOR.join(lines) + b"\n")
+                self.transport.write(replies(lines))
             else:
                 self.transport.write(ERROR_LOG_UNAVAILABLE * len(lines))
         if self._notice is not None:

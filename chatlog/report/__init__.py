@@ -4,7 +4,7 @@ Usage::
 
     python -m chatlog.report SERVER_LOG [CLIENT_LOG ...] [-o DIR] [--utc] [--bench FILE]
 
-Every file is read in one streaming pass (:mod:`chatlog.logparse`); its
+Every file is read in one streaming pass (:mod:`chatlog.log.reader`); its
 format (event, dash, json) and role (a server's or a client's log) are
 detected, so the order of the files does not matter and rotated or
 per-worker logs can simply be listed together.  The events of all server
@@ -52,7 +52,8 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from chatlog.logparse import LogReader, Parsed
+from chatlog.log.reader import LogReader, Parsed
+from chatlog.wire import REPLY_PREFIX, format_address
 
 DEFAULT_OUTPUT = "report"
 # HdrHistogram range and precision, in microseconds: the client's own.
@@ -278,7 +279,6 @@ class RttTimeline:
 
 
 #: What every good reply starts with (the wire protocol).
-REPLY_PREFIX = b"Server received: "
 
 
 class ClientStats:
@@ -545,7 +545,7 @@ def summarize(
                 for ip, n in _top(server.messages_by_ip, server.connections_by_ip, top)
             ],
             "by_address": [
-                {"address": _address(ip, port), "messages": n}
+                {"address": format_address(ip, port), "messages": n}
                 for (ip, port), n in server.messages_by_address.most_common(top)
             ],
         },
@@ -585,10 +585,6 @@ def _top(messages: Counter[str], connections: Counter[str], top: int) -> list[tu
     everyone = Counter({ip: 0 for ip in connections})
     everyone.update(messages)
     return everyone.most_common(top)
-
-
-def _address(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def _file_row(reader: LogReader) -> dict[str, Any]:
@@ -1210,6 +1206,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {written['summary']} and {written['html']}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

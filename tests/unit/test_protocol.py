@@ -16,9 +16,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from chatlog.logwriter import LogWriter
-from chatlog.protocol import ChatFactory, ChatProtocol
-from chatlog.records import make_formatter, unescape_text
+from chatlog.log.records import make_formatter, unescape_text
+from chatlog.log.writer import LogWriter
+from chatlog.server.protocol import ChatFactory, ChatProtocol
 
 
 class FakeLog:

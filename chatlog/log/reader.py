@@ -1,9 +1,9 @@
-"""Read chatlog logs back into event dicts: the inverse of :mod:`chatlog.records`.
+"""Read chatlog logs back into event dicts: the inverse of :mod:`chatlog.log.records`.
 
 The report (:mod:`chatlog.report`) needs the same events the server and the
 client described when they wrote their logs.  This module turns one record
 (one line of bytes) of any of the three formats back into a dict shaped like
-the one :mod:`chatlog.records` formatted::
+the one :mod:`chatlog.log.records` formatted::
 
     {"event": "message", "time": 1763800545.123456, "ip": "127.0.0.1",
      "port": 53122, "conn": 17, "seq": 4, "msg": b"Hello, Server!"}
@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from chatlog.records import EVENT_NAMES, unescape_text
+from chatlog.log.records import EVENT_NAMES, unescape_text
 
 Parsed = dict[str, Any]
 

@@ -2,7 +2,7 @@
 
 The twistd process opens N listening sockets on the same address with
 ``SO_REUSEPORT`` and serves the first itself (worker 0); :class:`WorkerPool`
-starts workers 1..N-1 with ``python -m chatlog.workers``, handing worker ``i``
+starts workers 1..N-1 with ``python -m chatlog.server.workers``, handing worker ``i``
 socket ``i`` as file descriptor 3.  The kernel spreads new connections evenly
 over the sockets (one shared socket would let whichever process wakes first
 accept a whole burst), so N processes use N cores.  The parent keeps every
@@ -80,7 +80,7 @@ class WorkerPool(service.Service):
 
     def __init__(self, chatlog: Any, argv: list[str], workers: int, reactor: Any) -> None:
         """
-        :param chatlog: the :class:`chatlog.service.ChatlogService` of worker 0;
+        :param chatlog: the :class:`chatlog.server.service.ChatlogService` of worker 0;
             the pool makes it listen on the first of the shared sockets.
         :param argv: the ``twistd chatlog`` options, passed on to each worker.
         """
@@ -105,7 +105,7 @@ class WorkerPool(service.Service):
 
     def spawn(self, index: int) -> None:
         child = WorkerProcess(self, index)
-        argv = [sys.executable, "-m", "chatlog.workers", str(index), *self.argv]
+        argv = [sys.executable, "-m", "chatlog.server.workers", str(index), *self.argv]
         self.transports[index] = self.reactor.spawnProcess(
             child,
             sys.executable,
@@ -178,7 +178,7 @@ def reuseport_sockets(description: str, count: int) -> list[socket.socket]:
     """``count`` listening sockets on the address of a tcp/tcp6 endpoint, SO_REUSEPORT."""
     from twisted.internet.endpoints import serverFromString
 
-    from chatlog.service import fail
+    from chatlog.server.service import fail
 
     endpoint: Any = serverFromString(None, description)
     endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)  # haproxy:
@@ -228,10 +228,10 @@ def adopt_listening_socket(reactor: Any, description: str, factory: Any) -> ILis
 
 
 def main(argv: list[str]) -> None:
-    """Worker entry point: ``python -m chatlog.workers INDEX [chatlog options]``."""
+    """Worker entry point: ``python -m chatlog.server.workers INDEX [chatlog options]``."""
     from twisted.internet import reactor, stdio
 
-    from chatlog.tap import Options, build_service
+    from chatlog.server.tap import Options, build_service
 
     index = int(argv[0])
     options = Options()

@@ -21,6 +21,7 @@ import errno
 import types
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.logger import Logger
 
 log = Logger()
@@ -63,3 +64,74 @@ def use_plain_dispatch(reactor: Any) -> bool:
     # The instance attributes shadow the class's; mainLoop calls doIteration.
     reactor.doIteration = reactor.doPoll = plain  # type: ignore[method-assign]
     return True
+
+
+# ---- eager transports (temporary merge) ----
+
+
+class EagerWriteMixin:
+    """``write`` that tries ``send`` first on an empty buffer; for tcp.Server and tcp.Client."""
+
+    def write(self, data: bytes) -> None:
+        connection: Any = self
+        if (
+            data
+            and connection.connected
+            and not connection.disconnecting
+            and not connection.TLS
+            and not connection._writeDisconnected
+            and not connection._tempDataLen
+            and connection.offset == len(connection.dataBuffer)
+        ):
+            try:
+                sent = connection.socket.send(data)
+            except OSError:
+                # EAGAIN: the kernel buffer is full.  Anything else: the stock
+                # path meets the same error in doWrite and closes properly.
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        super().write(data)  # type: ignore[misc]
+
+
+class EagerServer(EagerWriteMixin, tcp.Server):
+    """A server-side TCP transport that sends at once when nothing is queued."""
+
+
+def use_eager_transport(port: Any) -> bool:
+    """Make a listening ``tcp.Port`` create :class:`EagerServer` transports.
+
+    Other listening ports (UNIX sockets, anything not ``tcp.Port``) are left
+    as they are.  Returns whether the port was changed.
+    """
+    if isinstance(port, tcp.Port) and port.transport is tcp.Server:
+        port.transport = EagerServer
+        return True
+    return False
+
+
+class EagerClient(EagerWriteMixin, tcp.Client):
+    """A ``tcp.Client`` whose ``write`` tries ``send`` first on an empty buffer."""
+
+
+class EagerConnector(tcp.Connector):
+    def _makeTransport(self) -> EagerClient:
+        return EagerClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
+class EagerConnecting:
+    """Enough of a reactor for a TCP client endpoint: ``connectTCP`` with :class:`EagerClient`."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def connectTCP(
+        self, host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Any = None
+    ) -> EagerConnector:
+        connector = EagerConnector(host, port, factory, timeout, bindAddress, self.reactor)
+        connector.connect()
+        return connector
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reactor, name)

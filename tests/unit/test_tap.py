@@ -11,8 +11,8 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.task import Clock
 from twisted.python.usage import UsageError
 
-from chatlog.tap import Options, makeService
-from tests.serverproc import server_env, twistd_command
+from chatlog.server.tap import Options, makeService
+from tests.support.twistd import server_env, twistd_command
 
 DEFAULTS = {
     "port": "tcp:5000",
@@ -209,7 +209,7 @@ def test_setup_cfg_lists_every_package() -> None:
     """Every package folder under chatlog/ is installed (setup.cfg lists them one by one)."""
     import configparser
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     config = configparser.ConfigParser()
     config.read(root / "setup.cfg")
     listed = set(config["options"]["packages"].split())

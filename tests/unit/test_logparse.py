@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatlog.logparse import LogReader, RecordParser, detect, parse_lines, sniff_format
-from chatlog.records import make_formatter
+from chatlog.log.reader import LogReader, RecordParser, detect, parse_lines, sniff_format
+from chatlog.log.records import make_formatter
 
 FORMATS = ("event", "dash", "json")
 T = 1795314336.685174  # 2026-11-22, with microseconds

@@ -15,10 +15,10 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from chatlog.logwriter import LogWriter
-from chatlog.protocol import ChatFactory
-from chatlog.records import FORMATS, make_formatter
-from chatlog.service import ChatlogService, MetricsService
+from chatlog.log.records import FORMATS, make_formatter
+from chatlog.log.writer import LogWriter
+from chatlog.server.protocol import ChatFactory
+from chatlog.server.service import ChatlogService, MetricsService
 
 
 def _number(kind: type, minimum: float, what: str) -> Any:
@@ -154,7 +154,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor
     top = build_service(options, reactor)
     if options["workers"] > 1:
-        from chatlog.workers import WorkerPool
+        from chatlog.server.workers import WorkerPool
 
         chatlog = top.getServiceNamed("chatlog")
         WorkerPool(chatlog, options.as_argv(), options["workers"], reactor).setServiceParent(top)
@@ -163,7 +163,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
 
 def build_service(options: Options, reactor: Any, worker: int = 0) -> service.MultiService:
     """The services of one process; a worker (``worker`` > 0) serves an inherited socket."""
-    from chatlog.workers import adopt_listening_socket, worker_logfile
+    from chatlog.server.workers import adopt_listening_socket, worker_logfile
 
     workers = options["workers"]
     writer = LogWriter(
@@ -189,7 +189,7 @@ def build_service(options: Options, reactor: Any, worker: int = 0) -> service.Mu
         chatlog.listen = adopt_listening_socket
     chatlog.setServiceParent(top)
     if options["metrics"] is not None:
-        from chatlog.metrics import make_registry, metrics_site
+        from chatlog.server.metrics import make_registry, metrics_site
 
         site = metrics_site(make_registry(factory, writer))
         MetricsService(options["metrics"], site, reactor).setServiceParent(top)

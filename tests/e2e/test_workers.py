@@ -87,7 +87,7 @@ def test_workers_in_daemon_mode(tmp_path: Path) -> None:
     """A daemon with --workers: one pidfile; SIGTERM stops every worker and removes it."""
     import subprocess
 
-    from tests.serverproc import server_env, twistd_command
+    from tests.support.twistd import server_env, twistd_command
 
     pidfile = tmp_path / "chatlog.pid"
     twistd_log = tmp_path / "twistd.log"

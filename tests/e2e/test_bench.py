@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import ROOT
+from tests.support.twistd import ROOT
 
 ROW_KEYS = {
     "server", "mode", "connections", "pipeline", "msgs_per_s", "p50_ms", "p99_ms",

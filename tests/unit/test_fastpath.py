@@ -8,7 +8,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.task import Clock
 
-from chatlog.dispatch import use_plain_dispatch
+from chatlog._fastpath import use_plain_dispatch
 
 
 class Reader(FileDescriptor):

@@ -1,10 +1,10 @@
 """How fast, and in how much memory, does the report read a big log?
 
-``python -m chatlog.report_bench [--records N] [--format F] [--dir DIR]``
+``python -m chatlog.report.speed [--records N] [--format F] [--dir DIR]``
 writes a synthetic server log of N records (default one million: connects,
 messages with some hostile text, disconnects, limits) and a client log of
 as many records (sends and replies with round trips), both with the real
-formatters of :mod:`chatlog.records`, then runs ``python -m chatlog.report``
+formatters of :mod:`chatlog.log.records`, then runs ``python -m chatlog.report``
 on them in a child process and prints its wall time and peak resident memory
 (the child's own ``ru_maxrss``, so generating the logs does not count).
 
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from chatlog.records import make_formatter
+from chatlog.log.records import make_formatter
 
 START = 1_795_000_000.0  # 2026-11-18: any fixed time will do
 _HOSTILE = [
@@ -165,7 +165,7 @@ def run_report(args: list[str]) -> tuple[float, float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chatlog.report_bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m chatlog.report.speed", description=__doc__)
     parser.add_argument("--records", type=int, default=1_000_000, help="records per log")
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=600.0, help="span of the run")
