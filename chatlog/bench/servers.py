@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 import chatlog
+from chatlog.server.command import twistd_command
 
 ROOT = Path(chatlog.__file__).resolve().parent.parent
 _LISTENING = re.compile(rb"listening on \[?([0-9a-fA-F.:]+)\]?:(\d+)")
@@ -36,14 +37,6 @@ class ServerSpec:
     reference: bool = True
     #: The checkout whose ``chatlog`` runs (``--compare``); None: this one.
     root: Path | None = None
-
-
-def twistd_command() -> list[str]:
-    """The twistd that belongs to this Python (installed next to it, or by module)."""
-    script = Path(sys.executable).parent / "twistd"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def _chatlog(*extra: str) -> Callable[[dict[str, Path], Path], list[str]]:

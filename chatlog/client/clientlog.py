@@ -18,7 +18,7 @@ import os
 import time
 from typing import Any
 
-from chatlog.log.records import make_formatter
+from chatlog.log import make_formatter
 
 #: A pending record: ("sent", perf_ns, conn, seq, payload, 0)
 #: or ("reply", perf_ns, conn, seq, reply_line, rtt_ns).

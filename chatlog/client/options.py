@@ -10,9 +10,10 @@ whose result is a summary.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from chatlog.log.records import FORMATS
+from chatlog.log import FORMATS
+from chatlog.numbers import number
 
 #: A load run with neither --messages nor --duration lasts this long (as wrk does).
 DEFAULT_DURATION = 10.0
@@ -23,26 +24,11 @@ class UsageError(Exception):
     """Options that do not fit together; argparse reports it with the usage line."""
 
 
-def _number(
-    kind: Callable[[str], float], minimum: float, what: str, strict: bool = False
-) -> Callable[[str], float]:
-    def coerce(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if value < minimum or (strict and value == minimum):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-        return value
-
-    return coerce
-
-
-_positive_int = _number(int, 1, "a whole number of at least 1")
-_port = _number(int, 1, "a TCP port (1 to 65535)")
-_seconds = _number(float, 0, "a number of seconds above 0", strict=True)
-_warmup = _number(float, 0, "a number of seconds (0 or more)")
-_rate = _number(float, 0, "a rate in messages per second above 0", strict=True)
+_positive_int = number(int, 1, "a whole number of at least 1")
+_port = number(int, 1, "a TCP port (1 to 65535)", maximum=65535)
+_seconds = number(float, 0.0, "a number of seconds above 0", above=True)
+_warmup = number(float, 0.0, "a number of seconds (0 or more)")
+_rate = number(float, 0.0, "a rate in messages per second above 0", above=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

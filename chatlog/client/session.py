@@ -30,7 +30,7 @@ from chatlog.client.runner import (
     resolve,
 )
 from chatlog.client.stats import Recorder, Summary
-from chatlog.log.records import escape_text
+from chatlog.log import escape_text
 from chatlog.wire import REPLY_PREFIX, format_address
 
 

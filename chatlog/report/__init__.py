@@ -52,7 +52,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from chatlog.log.reader import LogReader, Parsed
+from chatlog.log import LogReader, Parsed
 from chatlog.wire import REPLY_PREFIX, format_address
 
 DEFAULT_OUTPUT = "report"

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from chatlog.log.records import make_formatter
+from chatlog.log import make_formatter
 
 START = 1_795_000_000.0  # 2026-11-18: any fixed time will do
 _HOSTILE = [

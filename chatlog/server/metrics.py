@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from chatlog.log.writer import LogWriter
+from chatlog.log import LogWriter
 from chatlog.server.protocol import ChatFactory
 
 #: Limit events, by the reason label they carry.

@@ -36,7 +36,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatlog.log.records import Event
+from chatlog.log import Event
 from chatlog.wire import (
     ERROR_LOG_UNAVAILABLE,
     ERROR_SERVER_BUSY,

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 
 import chatlog
 from chatlog._fastpath import use_eager_transport, use_plain_dispatch
-from chatlog.log.writer import LogWriter
+from chatlog.log import LogWriter
 from chatlog.server.protocol import ChatFactory, peer_address
 from chatlog.wire import format_address
 

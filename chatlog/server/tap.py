@@ -15,29 +15,14 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from chatlog.log.records import FORMATS, make_formatter
-from chatlog.log.writer import LogWriter
+from chatlog.log import FORMATS, LogWriter, make_formatter
+from chatlog.numbers import number
 from chatlog.server.protocol import ChatFactory
 from chatlog.server.service import ChatlogService, MetricsService
 
-
-def _number(kind: type, minimum: float, what: str) -> Any:
-    def coerce(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not {what}") from None
-        if value < minimum:
-            raise ValueError(f"{text!r} is not {what}")
-        return value
-
-    coerce.coerceDoc = f"Must be {what}."  # type: ignore[attr-defined]
-    return coerce
-
-
-_positive_int = _number(int, 1, "a whole number of at least 1")
-_count = _number(int, 0, "a whole number, 0 for no limit")
-_seconds = _number(float, 0, "a number of seconds, 0 for never")
+_positive_int = number(int, 1, "a whole number of at least 1")
+_count = number(int, 0, "a whole number, 0 for no limit")
+_seconds = number(float, 0.0, "a number of seconds, 0 for never")
 
 
 def endpoint_description(text: str, option: str = "--port") -> str:
@@ -66,7 +51,7 @@ class Options(usage.Options):
         "record was written to the log."
     )
 
-    optParameters = [
+    optParameters: list[list[Any]] = [
         ["port", "p", "tcp:5000", "Where to listen: a port number or a Twisted endpoint string."],
         ["logfile", "l", "chatlog.log", "The message log ('-' for standard output)."],
         ["format", "f", "event", f"Log format: {', '.join(FORMATS)}."],

@@ -13,22 +13,15 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from chatlog.server.command import twistd_command
+
 ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(rb"listening on (\S+):(\d+), logging to")
-
-
-def twistd_command() -> list[str]:
-    """The twistd of the Python running the tests (installed next to it, or by module)."""
-    script = Path(sys.executable).parent / "twistd"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def server_env() -> dict[str, str]:

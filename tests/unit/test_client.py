@@ -24,7 +24,7 @@ from chatlog.client.clientlog import ClientLog
 from chatlog.client.load import MESSAGE_ID, TICK, LoadPlan, LoadRun, payload
 from chatlog.client.session import Conversation, argument_lines, show_reply
 from chatlog.client.stats import Recorder, Summary, new_histogram
-from chatlog.log.records import unescape_text
+from chatlog.log import unescape_text
 
 PREFIX = b"Server received: "
 

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatlog.log.reader import LogReader, RecordParser, detect, parse_lines, sniff_format
-from chatlog.log.records import make_formatter
+from chatlog.log import LogReader, RecordParser, detect, make_formatter, parse_lines, sniff_format
 
 FORMATS = ("event", "dash", "json")
 T = 1795314336.685174  # 2026-11-22, with microseconds

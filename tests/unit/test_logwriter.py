@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from chatlog.log.records import make_formatter
-from chatlog.log.writer import LogWriter
+from chatlog.log import LogWriter, make_formatter
 
 
 class Waiter:

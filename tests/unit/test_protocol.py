@@ -16,8 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from chatlog.log.records import make_formatter, unescape_text
-from chatlog.log.writer import LogWriter
+from chatlog.log import LogWriter, make_formatter, unescape_text
 from chatlog.server.protocol import ChatFactory, ChatProtocol
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatlog.log.records import (
+from chatlog.log import (
     EVENT_NAMES,
     Timestamps,
     escape_text,

@@ -17,7 +17,7 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from chatlog import report
-from chatlog.log.records import make_formatter
+from chatlog.log import make_formatter
 from tests.support.twistd import server_env
 
 PLOTS = ("messages_per_second.png", "connections.png", "rtt.png", "rtt_over_time.png", "bench.png")
