@@ -24,11 +24,10 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IReadDescriptor, IStreamClientEndpoint
-from twisted.internet.posixbase import PosixReactorBase
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatlog._fastpath import EagerConnecting
+from chatlog._fastpath import client_reactor
 from chatlog.client.clientlog import ClientLog
 from chatlog.client.load import LoadPlan, LoadRun
 from chatlog.client.stats import Summary
@@ -59,9 +58,8 @@ def make_endpoint(
 ) -> IStreamClientEndpoint:
     """TCP to ``ip``, wrapped in TLS with ``--tls`` (server name checked against ``--host``)."""
     kind = TCP6ClientEndpoint if family == socket.AF_INET6 else TCP4ClientEndpoint
-    if isinstance(reactor, PosixReactorBase):
-        # Send each batch at once instead of on the next turn (see chatlog.client.eager).
-        reactor = EagerConnecting(reactor)
+    # Send each batch at once instead of on the next turn (see chatlog._fastpath).
+    reactor = client_reactor(reactor)
     endpoint: IStreamClientEndpoint = kind(reactor, ip, options.port, timeout=options.timeout)
     if options.tls:
         trust: Any = None

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from chatlog.log import LogWriter
-from chatlog.server.protocol import ChatFactory
+from chatlog.server.factory import ChatFactory
 
 #: Limit events, by the reason label they carry.
 LIMIT_REASONS = ("line_too_long", "timeout", "rejected_busy", "rejected_per_ip")

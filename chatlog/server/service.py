@@ -1,84 +1,47 @@
 """The running server: listen, keep the log open, stop without losing a record.
 
-:class:`ChatlogService` ties the protocol layer to a process lifetime:
+:class:`ChatlogService` ties the protocol layer to a process lifetime, over
+one listening endpoint (built by :mod:`chatlog.server.tap`):
 
 - ``privilegedStartService`` opens the log and listens (before twistd sheds
-  privileges), and turns "address already in use" and the like into one clear
-  line on stderr and a non-zero exit instead of a traceback;
+  privileges), turning "address already in use" and the like into one clear
+  line on stderr and a non-zero exit instead of a traceback, then switches on
+  the fast path (:mod:`chatlog._fastpath`) unless told not to;
 - ``startService`` writes ``Server Started`` (with the real address, so
   ``--port tcp:0`` is usable) and installs a SIGHUP handler that reopens the
   log, for logrotate;
 - ``stopService`` (SIGTERM, Ctrl-C) stops listening, sends the replies that
   are due, closes every connection (aborting those that do not read within a
   grace period), writes ``Server Stopped`` and closes the log.
+
+It listens itself rather than through ``StreamServerEndpointService``,
+because it needs the listening port (for its address, and to stop it first
+on the way down), which that service keeps private.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 from collections.abc import Callable
-from types import FrameType, TracebackType
-from typing import Any, NoReturn
+from types import FrameType
+from typing import Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 import chatlog
-from chatlog._fastpath import use_eager_transport, use_plain_dispatch
+from chatlog import _fastpath
 from chatlog.log import LogWriter
-from chatlog.server.protocol import ChatFactory, peer_address
+from chatlog.server.errors import fail
+from chatlog.server.factory import ChatFactory
+from chatlog.server.listening import listen_now
+from chatlog.server.protocol import peer_address
 from chatlog.wire import format_address
 
 log = Logger()
-
-
-class StartupError(Exception):
-    """A problem a user must fix (port in use, log not writable): one line, exit 1."""
-
-
-def _report_startup_error(
-    kind: type[BaseException], value: BaseException, tb: TracebackType | None
-) -> None:
-    if isinstance(value, StartupError):
-        # twistd has replaced sys.stderr with its log by now; the user's
-        # terminal is the original stderr.
-        stream = sys.__stderr__ or sys.stderr
-        stream.write(f"chatlog: {value}\n")
-        stream.flush()
-        return
-    sys.__excepthook__(kind, value, tb)
-
-
-def fail(message: str) -> NoReturn:
-    """Stop startup with ``message`` as one line on stderr and exit status 1."""
-    # twistd shows a traceback for any exception at startup; a user who
-    # typed a busy port deserves one line.  The hook changes only how
-    # StartupError is printed; every other exception keeps its traceback.
-    sys.excepthook = _report_startup_error
-    raise StartupError(message)
-
-
-def listen_now(reactor: Any, description: str, factory: Any) -> IListeningPort:
-    """Listen on endpoint ``description`` at once, or fail startup with one clear line."""
-    endpoint = serverFromString(reactor, description)
-    outcome: list[Any] = []
-    endpoint.listen(factory).addBoth(outcome.append)
-    if not outcome:
-        # Twisted's server endpoints all listen at once; one that does not
-        # is refused rather than left half-started.
-        fail(f"{description} did not start listening at once")
-    if isinstance(outcome[0], Failure):
-        problem = outcome[0].value
-        reason = getattr(problem, "socketError", None) or problem
-        fail(f"cannot listen on {description}: {reason}")
-    port: IListeningPort = outcome[0]
-    return port
 
 
 def describe_address(address: Any) -> str:
@@ -95,17 +58,29 @@ class ChatlogService(service.Service):
     name = "chatlog"
 
     def __init__(
-        self, endpoint: str, factory: ChatFactory, writer: LogWriter, reactor: Any
+        self,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        factory: ChatFactory,
+        writer: LogWriter,
+        reactor: Any,
+        fastpath: bool = True,
     ) -> None:
-        self.endpoint_description = endpoint
+        """
+        :param endpoint: where to listen.
+        :param description: the endpoint as the user wrote it, for messages
+            and the ``Server Started`` record.
+        :param fastpath: use :mod:`chatlog._fastpath` if it is available.
+        """
+        self.endpoint = endpoint
+        self.endpoint_description = description
         self.factory = factory
         self.writer = writer
         self.reactor = reactor
+        self.fastpath = fastpath
         self.port: IListeningPort | None = None
-        #: How to listen: on the endpoint; a worker adopts an inherited socket instead.
-        self.listen: Callable[[Any, str, ChatFactory], IListeningPort] = listen_now
-        #: Called after the log was reopened on SIGHUP (the worker pool relays it).
-        self.reopen_hooks: list[Callable[[], object]] = []
+        #: Called on SIGHUP before the log is reopened (the worker pool relays it).
+        self.on_sighup: list[Callable[[], object]] = []
         self._previous_sighup: Any = None
 
     def privilegedStartService(self) -> None:
@@ -114,9 +89,13 @@ class ChatlogService(service.Service):
             self.writer.open()
         except OSError as error:
             fail(f"cannot open log {self.writer.path}: {error.strerror or error}")
-        self.port = self.listen(self.reactor, self.endpoint_description, self.factory)
-        use_eager_transport(self.port)
-        use_plain_dispatch(self.reactor)
+        self.port = listen_now(self.endpoint, self.endpoint_description, self.factory)
+        if self.fastpath:
+            self.fastpath = _fastpath.enable_server(self.reactor, self.port)
+        else:
+            log.info(
+                "chatlog: fast path off (--no-fastpath); serving on Twisted's stock code paths"
+            )
 
     @property
     def address(self) -> str:
@@ -155,10 +134,10 @@ class ChatlogService(service.Service):
 
     def reopenLog(self) -> None:
         """Continue the log in a fresh file at the same path (logrotate's postrotate)."""
+        for relay in self.on_sighup:
+            relay()
         self.writer.reopen()
         log.info("chatlog: reopened log {path}", path=self.writer.path)
-        for hook in self.reopen_hooks:
-            hook()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -191,15 +170,18 @@ class MetricsService(service.Service):
 
     name = "metrics"
 
-    def __init__(self, endpoint: str, site: Any, reactor: Any) -> None:
-        self.endpoint_description = endpoint
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, description: str, site: Any, reactor: Any
+    ) -> None:
+        self.endpoint = endpoint
+        self.endpoint_description = description
         self.site = site
         self.reactor = reactor
         self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self.port = listen_now(self.reactor, self.endpoint_description, self.site)
+        self.port = listen_now(self.endpoint, self.endpoint_description, self.site)
 
     def startService(self) -> None:
         super().startService()

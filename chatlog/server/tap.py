@@ -1,24 +1,34 @@
-"""twistd's entry to chatlog: the command-line options and ``makeService``.
+"""twistd's entry to chatlog: the command-line options and ``makeService``, wiring only.
 
 ``twistd [-n] chatlog [options]`` parses :class:`Options`, then calls
-:func:`makeService`, which wires the log writer, the protocol factory and
-the listening service together.  The reactor is imported only inside
-``makeService``, so importing this module never installs one.
+:func:`makeService`, which puts the pieces together, as
+``twisted/tap/portforward.py`` does, ending in a service over an endpoint:
+
+    LogWriter (chatlog.log)  <-  ChatFactory -> ChatProtocol (chatlog.server)
+                                     |
+    ChatlogService over the --port endpoint  [+ MetricsService] [+ WorkerPool]
+
+The reactor is imported only inside ``makeService``, so importing this module
+never installs one.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 
 from chatlog.log import FORMATS, LogWriter, make_formatter
 from chatlog.numbers import number
-from chatlog.server.protocol import ChatFactory
+from chatlog.server.factory import ChatFactory
+from chatlog.server.listening import SHAREABLE, SharedPortEndpoint, inherited_endpoint
 from chatlog.server.service import ChatlogService, MetricsService
+from chatlog.server.workers import LISTEN_FD, ParentWatch, WorkerPool, worker_logfile
 
 _positive_int = number(int, 1, "a whole number of at least 1")
 _count = number(int, 0, "a whole number, 0 for no limit")
@@ -41,7 +51,7 @@ def endpoint_description(text: str, option: str = "--port") -> str:
     return text
 
 
-class Options(usage.Options):
+class ChatlogOptions(usage.Options):
     """``twistd chatlog`` options; see README.rst for what each one means."""
 
     synopsis = "[options]"
@@ -79,10 +89,23 @@ class Options(usage.Options):
             "Processes sharing the listening port, each with its own log.",
             _positive_int,
         ],
+        [
+            "worker",
+            None,
+            0,
+            "Set by --workers for the processes it starts: serve as worker I on the "
+            "socket inherited as file descriptor 3.",
+            _count,
+        ],
     ]
     optFlags = [
         ["utc", None, "Timestamps in UTC instead of local time."],
         ["fsync", None, "Reply only after the record is on disk (fdatasync per batch)."],
+        [
+            "no-fastpath",
+            None,
+            "Serve on Twisted's stock code paths only (slower; for comparison or if in doubt).",
+        ],
     ]
     compData = usage.Completions(
         optActions={
@@ -99,8 +122,10 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--format {self['format']!r}: choose one of {', '.join(FORMATS)}"
             )
-        self["utc"] = bool(self["utc"])
-        self["fsync"] = bool(self["fsync"])
+        for flag, *_ in self.optFlags:
+            self[str(flag)] = bool(self[str(flag)])
+        if self["worker"] and self["worker"] >= self["workers"]:
+            raise usage.UsageError("--worker is set by --workers for the workers it starts")
         if self["workers"] > 1:
             self._check_workers()
         logfile = self["logfile"]
@@ -116,6 +141,8 @@ class Options(usage.Options):
                 "--workers with an ssl: port is not supported: terminate TLS in "
                 "HAProxy in front of the workers, or run one process"
             )
+        if not port.startswith(("tcp:", "tcp6:", "haproxy:tcp:", "haproxy:tcp6:")):
+            raise usage.UsageError(f"--workers needs {SHAREABLE}, not {port}")
         if self["logfile"] == "-":
             raise usage.UsageError("--workers needs a --logfile: each worker writes its own")
         if self["metrics"] is not None:
@@ -127,30 +154,44 @@ class Options(usage.Options):
         """These options as a command line, to start a worker with the same ones."""
         argv: list[str] = []
         for name, _, default, *_ in self.optParameters:
-            if self[name] is not None and self[name] != default:
+            if name != "worker" and self[name] is not None and self[name] != default:
                 argv += [f"--{name}", str(self[name])]
         argv += [f"--{flag[0]}" for flag in self.optFlags if self[str(flag[0])]]
         return argv
 
 
-def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+class Options(ChatlogOptions):
+    """The options as twistd parses them: a mistake is one line on stderr and exit status 2.
+
+    twistd before 26.10 prints its whole usage on standard output for a bad
+    option and exits 0, so a script cannot tell; every Twisted chatlog runs
+    on does the same here.
+    """
+
+    def parseOptions(self, options: Any = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            sys.stderr.write(f"twistd chatlog: {error} (see twistd chatlog --help)\n")
+            raise SystemExit(2) from None
+
+
+def makeService(options: ChatlogOptions, reactor: Any = None) -> service.MultiService:
     """Build the chatlog service tree from parsed ``options``."""
     if reactor is None:
         from twisted.internet import reactor
-    top = build_service(options, reactor)
-    if options["workers"] > 1:
-        from chatlog.server.workers import WorkerPool
-
-        chatlog = top.getServiceNamed("chatlog")
-        WorkerPool(chatlog, options.as_argv(), options["workers"], reactor).setServiceParent(top)
-    return top
-
-
-def build_service(options: Options, reactor: Any, worker: int = 0) -> service.MultiService:
-    """The services of one process; a worker (``worker`` > 0) serves an inherited socket."""
-    from chatlog.server.workers import adopt_listening_socket, worker_logfile
-
-    workers = options["workers"]
+    description = options["port"]
+    workers, worker = options["workers"], options["worker"]
+    top = service.MultiService()
+    endpoint: IStreamServerEndpoint
+    if worker:
+        # One of the processes --workers started: serve the socket it was handed.
+        endpoint = inherited_endpoint(reactor, description, LISTEN_FD)
+        ParentWatch(reactor).setServiceParent(top)
+    elif workers > 1:
+        endpoint = shared = SharedPortEndpoint(reactor, description, workers)
+    else:
+        endpoint = serverFromString(reactor, description)
     writer = LogWriter(
         worker_logfile(options["logfile"], worker, workers),
         make_formatter(options["format"], utc=options["utc"]),
@@ -167,15 +208,20 @@ def build_service(options: Options, reactor: Any, worker: int = 0) -> service.Mu
         max_per_ip=options["max-per-ip"],
         first_conn=worker + 1,
         conn_step=workers,
+        peer_from_proxy_header=description.startswith("haproxy:"),
     )
-    top = service.MultiService()
-    chatlog = ChatlogService(options["port"], factory, writer, reactor)
-    if worker:
-        chatlog.listen = adopt_listening_socket
+    chatlog = ChatlogService(
+        endpoint, description, factory, writer, reactor, fastpath=not options["no-fastpath"]
+    )
     chatlog.setServiceParent(top)
+    if workers > 1 and not worker:
+        pool = WorkerPool(shared, options.as_argv(), workers, reactor)
+        chatlog.on_sighup.append(pool.relaySighup)
+        pool.setServiceParent(top)
     if options["metrics"] is not None:
         from chatlog.server.metrics import make_registry, metrics_site
 
         site = metrics_site(make_registry(factory, writer))
-        MetricsService(options["metrics"], site, reactor).setServiceParent(top)
+        metrics = serverFromString(reactor, options["metrics"])
+        MetricsService(metrics, options["metrics"], site, reactor).setServiceParent(top)
     return top

@@ -1,13 +1,12 @@
-"""``--workers N``: N processes serving one listening socket, each with its own log.
+"""``--workers N``: N processes serving one listening address, each with its own log.
 
-The twistd process opens N listening sockets on the same address with
-``SO_REUSEPORT`` and serves the first itself (worker 0); :class:`WorkerPool`
-starts workers 1..N-1 with ``python -m chatlog.server.workers``, handing worker ``i``
-socket ``i`` as file descriptor 3.  The kernel spreads new connections evenly
-over the sockets (one shared socket would let whichever process wakes first
-accept a whole burst), so N processes use N cores.  The parent keeps every
-socket open, so a restarted worker serves the connections that queued on its
-socket meanwhile.
+The twistd process binds N sockets to the ``--port`` address with
+``SO_REUSEPORT`` (:class:`chatlog.server.listening.SharedPortEndpoint`) and
+serves the first itself (worker 0).  :class:`WorkerPool` starts workers
+1..N-1, each a ``twistd -n chatlog --worker I`` of its own with the same
+options, handing worker ``i`` socket ``i`` as file descriptor 3.  The parent
+keeps every socket open, so a restarted worker serves the connections that
+queued on its socket meanwhile.
 
 Each worker writes its own log, ``LOGFILE.w<i>`` (one ``O_APPEND`` writer per
 file keeps "ack implies logged" per process with no locking), and numbers its
@@ -15,9 +14,10 @@ connections ``i+1, i+1+N, i+1+2N...``, so connection ids stay unique across
 the files; ``python -m chatlog.report chatlog.log.w*`` reads them together.
 
 The pool relays SIGHUP to every worker (log rotation), stops them all on
-SIGTERM before twistd exits, and restarts a worker that dies.  A worker whose
-parent is gone sees its standard input close and stops by itself, so no
-worker outlives a ``kill -9`` of the parent.
+SIGTERM before twistd exits, and restarts a worker that dies.  A worker
+watches its standard input (:class:`ParentWatch`): when the parent is gone it
+closes, and the worker stops by itself, so no worker outlives a ``kill -9``
+of the parent.
 """
 
 from __future__ import annotations
@@ -26,18 +26,20 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import protocol
+from twisted.internet import protocol, stdio
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.error import ProcessExitedAlready, ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from chatlog.server.command import twistd_command
+
 log = Logger()
 
+#: The file descriptor a worker finds its listening socket on.
 LISTEN_FD = 3
 #: Seconds a worker gets to stop cleanly after SIGTERM before it is killed.
 STOP_GRACE = 10.0
@@ -74,44 +76,42 @@ class WorkerProcess(protocol.ProcessProtocol):
 
 
 class WorkerPool(service.Service):
-    """Start, signal, stop and restart workers 1..N-1 around the listening port."""
+    """Start, signal, stop and restart workers 1..N-1 around the shared sockets."""
 
     name = "workers"
 
-    def __init__(self, chatlog: Any, argv: list[str], workers: int, reactor: Any) -> None:
+    def __init__(self, sockets: Any, argv: list[str], workers: int, reactor: Any) -> None:
         """
-        :param chatlog: the :class:`chatlog.server.service.ChatlogService` of worker 0;
-            the pool makes it listen on the first of the shared sockets.
+        :param sockets: has ``.sockets``, the listening sockets, one per
+            worker, once the server listens (a ``SharedPortEndpoint``).
         :param argv: the ``twistd chatlog`` options, passed on to each worker.
         """
-        self.chatlog = chatlog
-        self.sockets: list[socket.socket] = []
-        chatlog.listen = self._listen
+        self.shared = sockets
         self.argv = argv
         self.workers = workers
         self.reactor = reactor
         self.children: dict[int, WorkerProcess] = {}
         self.transports: dict[int, Any] = {}
 
-    def _listen(self, reactor: Any, description: str, factory: Any) -> IListeningPort:
-        self.sockets = reuseport_sockets(description, self.workers)
-        return adopt_socket(reactor, self.sockets[0].fileno(), description, factory)
-
     def startService(self) -> None:
         super().startService()
-        self.chatlog.reopen_hooks.append(self.relaySighup)
         for index in range(1, self.workers):
             self.spawn(index)
 
     def spawn(self, index: int) -> None:
         child = WorkerProcess(self, index)
-        argv = [sys.executable, "-m", "chatlog.server.workers", str(index), *self.argv]
+        # twistd's own log goes to standard output, which _relay prefixes.
+        argv = [
+            *twistd_command(), "-n", "--pidfile=", "--logfile=-",
+            "chatlog", "--worker", str(index), *self.argv,
+        ]  # fmt: skip
+        listening: socket.socket = self.shared.sockets[index]
         self.transports[index] = self.reactor.spawnProcess(
             child,
-            sys.executable,
+            argv[0],
             argv,
             env=os.environ.copy(),
-            childFDs={0: "w", 1: "r", 2: "r", LISTEN_FD: self.sockets[index].fileno()},
+            childFDs={0: "w", 1: "r", 2: "r", LISTEN_FD: listening.fileno()},
         )
         self.children[index] = child
 
@@ -155,99 +155,30 @@ def _cancel_if_active(result: object, call: Any) -> object:
 
 
 def _kill(transport: Any) -> None:
-    from twisted.internet.error import ProcessExitedAlready
-
     with contextlib.suppress(ProcessExitedAlready):
         transport.signalProcess("KILL")
 
 
-class _ParentWatch(protocol.Protocol):
-    """Stops the worker when its standard input closes: the parent is gone."""
-
+class _StdinClosed(protocol.Protocol):
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        from twisted.internet.error import ReactorNotRunning
-
         with contextlib.suppress(ReactorNotRunning):  # already stopping: SIGTERM came first
             self.reactor.stop()
 
 
-def reuseport_sockets(description: str, count: int) -> list[socket.socket]:
-    """``count`` listening sockets on the address of a tcp/tcp6 endpoint, SO_REUSEPORT."""
-    from twisted.internet.endpoints import serverFromString
+class ParentWatch(service.Service):
+    """In a worker: stop when standard input closes (the parent is gone); leave Ctrl-C to it."""
 
-    from chatlog.server.service import fail
+    name = "parent-watch"
 
-    endpoint: Any = serverFromString(None, description)
-    endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)  # haproxy:
-    try:
-        # TCP4ServerEndpoint and TCP6ServerEndpoint keep these as given.
-        port, interface, backlog = endpoint._port, endpoint._interface, endpoint._backlog
-    except AttributeError:
-        fail(f"--workers needs a tcp:, tcp6: or haproxy:tcp: port, not {description}")
-    is_tcp6 = type(endpoint).__name__ == "TCP6ServerEndpoint"
-    family = socket.AF_INET6 if is_tcp6 else socket.AF_INET
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((interface or ("::" if family == socket.AF_INET6 else ""), port))
-            port = sock.getsockname()[1]  # port 0: the others share the one it got
-            sock.listen(backlog)
-            sock.setblocking(False)
-    except OSError as error:
-        for sock in sockets:
-            sock.close()
-        fail(f"cannot listen on {description}: {error}")
-    return sockets
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
 
-
-def adopt_socket(reactor: Any, fd: int, description: str, factory: Any) -> IListeningPort:
-    """Serve an already listening socket (wrapped for PROXY if need be)."""
-    probe = socket.socket(fileno=os.dup(fd))
-    family = probe.family
-    probe.close()
-    if description.startswith("haproxy:"):
-        from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
-
-        factory = HAProxyWrappingFactory(factory)
-    port: IListeningPort = reactor.adoptStreamPort(fd, family, factory)
-    return port
-
-
-def adopt_listening_socket(reactor: Any, description: str, factory: Any) -> IListeningPort:
-    """A worker serves the listening socket it inherited as fd 3."""
-    port = adopt_socket(reactor, LISTEN_FD, description, factory)
-    os.close(LISTEN_FD)  # adoptStreamPort made its own copy
-    return port
-
-
-def main(argv: list[str]) -> None:
-    """Worker entry point: ``python -m chatlog.server.workers INDEX [chatlog options]``."""
-    from twisted.internet import reactor, stdio
-
-    from chatlog.server.tap import Options, build_service
-
-    index = int(argv[0])
-    options = Options()
-    options.parseOptions(argv[1:])
-    top = build_service(options, reactor, worker=index)
-    stdio.StandardIO(_ParentWatch(reactor))
-    # twistd's default log: the pool relays our stdout into its own log.
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-    top.privilegedStartService()
-    top.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    reactor.run()
-
-
-if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    main(sys.argv[1:])
+    def startService(self) -> None:
+        super().startService()
+        stdio.StandardIO(_StdinClosed(self.reactor), reactor=self.reactor)
+        # Ctrl-C reaches the whole process group; the parent stops its workers.
+        # (Once running: twistd installs its own SIGINT handler as the reactor starts.)
+        self.reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)

@@ -17,11 +17,16 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from chatlog.log import LogWriter, make_formatter, unescape_text
-from chatlog.server.protocol import ChatFactory, ChatProtocol
+from chatlog.server.factory import ChatFactory
+from chatlog.server.protocol import ChatProtocol
 
 
 class FakeLog:
-    """Stands in for the LogWriter: keeps events, and acks when the test says so."""
+    """Stands in for the LogWriter: keeps events, and acks when the test says so.
+
+    The protocol stages messages through ``stageMessages``, as it does with
+    the real writer; this one keeps each line as the event it describes.
+    """
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
@@ -29,6 +34,10 @@ class FakeLog:
 
     def __call__(self, event: dict[str, Any]) -> None:
         self.events.append(dict(event))
+
+    def stageMessages(self, fields: dict[str, Any], lines: list[bytes]) -> None:
+        for seq, line in enumerate(lines, fields["seq"]):
+            self.events.append({**fields, "seq": seq, "msg": line})
 
     def ackAfterWrite(self, waiter: ChatProtocol) -> None:
         self.waiters.append(waiter)
@@ -368,11 +377,25 @@ def test_counters(factory: ChatFactory, log: FakeLog) -> None:
     assert (factory.connections_total, factory.messages_total) == (2, 3)
 
 
-def test_proxy_protocol_logs_the_real_client(factory: ChatFactory, log: FakeLog) -> None:
-    """Behind HAProxy (PROXY v1 header) the log shows the client, not the balancer."""
-    from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+def proxy_wrapped(factory: ChatFactory) -> Any:
+    """``factory`` wrapped as an ``haproxy:`` endpoint wraps it (through public API only)."""
+    from twisted.internet.defer import succeed
+    from twisted.protocols.haproxy import proxyEndpoint
 
-    wrapping = HAProxyWrappingFactory(factory)
+    class Recording:
+        def listen(self, wrapped: Any) -> Any:
+            self.factory = wrapped
+            return succeed(None)
+
+    inner = Recording()
+    proxyEndpoint(inner).listen(factory)  # type: ignore[arg-type]
+    return inner.factory
+
+
+def test_proxy_protocol_logs_the_real_client(log: FakeLog, clock: Clock) -> None:
+    """Behind HAProxy (PROXY v1 header) the log shows the client, not the balancer."""
+    factory = ChatFactory(log, clock, max_line=100, peer_from_proxy_header=True)
+    wrapping = proxy_wrapped(factory)
     proto = wrapping.buildProtocol(IPv4Address("TCP", "10.0.0.9", 40000))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 40000))
     proto.makeConnection(transport)

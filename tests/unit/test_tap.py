@@ -11,7 +11,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.task import Clock
 from twisted.python.usage import UsageError
 
-from chatlog.server.tap import Options, makeService
+from chatlog.server.tap import ChatlogOptions, Options, makeService
 from tests.support.twistd import server_env, twistd_command
 
 DEFAULTS = {
@@ -27,11 +27,13 @@ DEFAULTS = {
     "max-per-ip": 1000,
     "metrics": None,
     "workers": 1,
+    "worker": 0,
+    "no-fastpath": False,
 }
 
 
 def parse(*argv: str) -> dict[str, object]:
-    options = Options()
+    options = ChatlogOptions()
     options.parseOptions(list(argv))
     return dict(options)
 
@@ -67,6 +69,7 @@ def test_every_option(tmp_path: Path) -> None:
         "9100",
         "--workers",
         "1",
+        "--no-fastpath",
     ) == {
         "port": "tcp:5001",
         "logfile": log,
@@ -80,6 +83,8 @@ def test_every_option(tmp_path: Path) -> None:
         "max-per-ip": 7,
         "metrics": "tcp:9100",
         "workers": 1,
+        "worker": 0,
+        "no-fastpath": True,
     }
 
 
@@ -108,12 +113,26 @@ def test_endpoint_strings_are_kept(port: str) -> None:
         (["--workers", "0"], "at least 1"),
         (["--workers", "2", "--logfile", "-"], "each worker writes its own"),
         (["--workers", "2", "--metrics", "9100"], "not supported yet"),
+        (["--workers", "2", "--port", "unix:/tmp/chat.sock"], "--workers needs a tcp:"),
+        (["--worker", "2", "--workers", "2"], "set by --workers"),
     ],
 )
 def test_bad_values_are_usage_errors(argv: list[str], message: str) -> None:
     """A bad value is a UsageError that says what is wrong."""
     with pytest.raises(UsageError, match=message):
         parse(*argv)
+
+
+def test_twistd_sees_one_line_and_exit_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """The options twistd parses turn a mistake into one line on stderr, on every Twisted."""
+    with pytest.raises(SystemExit) as exited:
+        Options().parseOptions(["--max-line", "lots"])
+    assert exited.value.code == 2
+    assert capsys.readouterr() == (
+        "",
+        "twistd chatlog: Parameter type enforcement failed: 'lots' is not a whole number "
+        "of at least 1 (see twistd chatlog --help)\n",
+    )
 
 
 def test_as_argv_round_trips(tmp_path: Path) -> None:
@@ -131,9 +150,9 @@ def test_as_argv_round_trips(tmp_path: Path) -> None:
         "--workers",
         "3",
     ]
-    options = Options()
+    options = ChatlogOptions()
     options.parseOptions(argv)
-    again = Options()
+    again = ChatlogOptions()
     again.parseOptions(options.as_argv())
     assert dict(again) == dict(options)
 
@@ -198,11 +217,14 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_bad_option_is_a_usage_error(tmp_path: Path) -> None:
-    """twistd reports a bad chatlog option as a usage error, not a traceback."""
+    """A bad chatlog option: one line on stderr naming it, exit status 2, nothing else."""
     result = run_twistd(tmp_path, "-n", "chatlog", "--format", "xml")
-    assert result.returncode != 0
-    assert "--format 'xml': choose one of event, dash, json" in result.stdout + result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
+    assert result.returncode == 2
+    assert result.stderr == (
+        "twistd chatlog: --format 'xml': choose one of event, dash, json"
+        " (see twistd chatlog --help)\n"
+    )
+    assert result.stdout == ""
 
 
 def test_setup_cfg_lists_every_package() -> None:
