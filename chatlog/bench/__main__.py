@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: {row['server']} {output.load_name(row)}: {row['error']}")
     verdicts = output.targets_text(good)
     if verdicts:
-        print("\ntargets (issue 5):")
+        print("\ntargets:")
         print(verdicts)
     if args.rst:
         print("\n.. rst table for README.rst\n")

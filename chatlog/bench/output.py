@@ -11,7 +11,7 @@ from typing import Any
 
 Row = dict[str, Any]
 
-#: The throughput targets of issue 5: (what, load, peer, comparison, goal).
+#: chatlog's throughput targets: (what, load, peer, comparison, goal).
 TARGET_TEXT = [
     ("closed x100: chatlog / uvloop (no log)", ("closed", 100, 1), "uvloop", ">=", 1.0),
     ("closed x100: chatlog / bare Twisted (no log)", ("closed", 100, 1), "twisted", ">=", 0.95),
@@ -131,7 +131,7 @@ def rst_table(rows: Sequence[Row]) -> str:
 
 
 def targets(rows: Sequence[Row]) -> list[tuple[str, float | None, str, bool | None]]:
-    """(what, measured, target text, met) for each target of issue 5 the rows can judge."""
+    """(what, measured, target text, met) for each throughput target the rows can judge."""
     found: list[tuple[str, float | None, str, bool | None]] = []
     for text, (mode, conns, pipeline), peer, op, goal in TARGET_TEXT:
         mine = _find(rows, "chatlog", mode, conns, pipeline)

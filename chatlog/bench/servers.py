@@ -71,6 +71,12 @@ CHATLOG = ServerSpec(
 CHATLOG_FSYNC = ServerSpec(
     "chatlog-fsync", _chatlog("--fsync"), "twistd chatlog --fsync (fdatasync per batch)", False
 )
+CHATLOG_STOCK = ServerSpec(
+    "chatlog-stock",
+    _chatlog("--no-fastpath"),
+    "twistd chatlog --no-fastpath (Twisted's stock code paths)",
+    False,
+)
 PEERS = [
     ServerSpec("twisted", _module("twisted_reply"), "bare Twisted LineReceiver reply, no log"),
     ServerSpec("asyncio", _module("asyncio_reply"), "asyncio streams reply, no log"),
@@ -92,7 +98,7 @@ def available(spec: ServerSpec) -> bool:
 
 
 def all_servers() -> list[ServerSpec]:
-    return [CHATLOG, CHATLOG_FSYNC, *PEERS]
+    return [CHATLOG, CHATLOG_FSYNC, CHATLOG_STOCK, *PEERS]
 
 
 def compare_spec(checkout: Path, fsync: bool = False) -> ServerSpec:

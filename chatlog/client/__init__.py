@@ -6,7 +6,7 @@ Everyday use sends lines and prints each reply with its round-trip time::
 
 Load options (``--connections``, ``--messages``/``--duration``, ``--pipeline``,
 ``--rate``, ``--procs``, ...) drive many connections and print a summary
-(``--json``: the contract's JSON object).  The pieces:
+(``--json``: one JSON object with the figures).  The pieces:
 
 - :mod:`chatlog.client.options`: the command line;
 - :mod:`chatlog.client.session`: the everyday conversation;
