@@ -100,9 +100,7 @@ def test_the_client_never_imports_the_server() -> None:
 def test_private_twisted_names_live_in_one_module() -> None:
     """Every private Twisted name chatlog touches is in chatlog/_fastpath.py, nowhere else."""
     users = sorted(
-        name
-        for name, path in MODULES.items()
-        if PRIVATE_TWISTED.search(path.read_text())
+        name for name, path in MODULES.items() if PRIVATE_TWISTED.search(path.read_text())
     )
     assert users == ["chatlog._fastpath"]
 
