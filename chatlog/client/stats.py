@@ -1,11 +1,12 @@
 """Round-trip figures: an HdrHistogram fed in batches, and the run's summary.
 
 Round trips are measured in nanoseconds on ``time.perf_counter_ns`` and
-recorded in microseconds in an :class:`~hdrh.histogram.HdrHistogram`
-(1 µs to 60 s, 3 significant digits).  ``HdrHistogram.record_value`` costs
-about a microsecond in Python, as much as the rest of a round trip's work in
-the client, so the hot path appends to a plain list and :meth:`Recorder.fold`
-records each distinct value once with its count, a few times a second.
+recorded in microseconds in an :class:`~hdrh.histogram.HdrHistogram` shaped
+by :mod:`chatlog.latency` (1 µs to 60 s, 3 significant digits), as the
+report's are.  ``HdrHistogram.record_value`` costs about a microsecond in
+Python, as much as the rest of a round trip's work in the client, so the hot
+path appends to a plain list and :meth:`Recorder.fold` records each distinct
+value once with its count, a few times a second.
 
 :class:`Summary` is what a run reports: the contract's JSON object (plus the
 histogram's base64 encoding, so that ``--procs`` and the bench can merge
@@ -22,16 +23,8 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-LOWEST_US = 1
-HIGHEST_US = 60_000_000
-SIGNIFICANT_DIGITS = 3
-
-#: The percentiles of the summary: JSON key -> percentile.
-PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
-
-
-def new_histogram() -> HdrHistogram:
-    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+from chatlog import latency
+from chatlog.latency import new_histogram
 
 
 def decode_histogram(encoded: str | bytes) -> HdrHistogram:
@@ -60,14 +53,7 @@ class Recorder:
         counts = Counter(self.pending)
         # Cleared in place: the protocols hold this list's bound append.
         self.pending.clear()
-        record = self.histogram.record_value
-        for value, count in counts.items():
-            # Out-of-range values would be dropped silently: clamp them instead.
-            record(min(max(value, LOWEST_US), HIGHEST_US), count)
-
-
-def _ms(microseconds: float) -> float:
-    return round(microseconds / 1000.0, 3)
+        latency.record_counts(self.histogram, counts)
 
 
 @dataclass
@@ -88,17 +74,7 @@ class Summary:
         return self.messages / self.duration_s if self.duration_s > 0 else 0.0
 
     def rtt_ms(self) -> dict[str, float | None]:
-        h = self.histogram
-        if h.get_total_count() == 0:
-            return dict.fromkeys(["min", "mean", *PERCENTILES, "max"], None)
-        out: dict[str, float | None] = {
-            "min": _ms(h.get_min_value()),
-            "mean": _ms(h.get_mean_value()),
-        }
-        for key, percentile in PERCENTILES.items():
-            out[key] = _ms(h.get_value_at_percentile(percentile))
-        out["max"] = _ms(h.get_max_value())
-        return out
+        return latency.rtt_ms(self.histogram)
 
     def to_json(self) -> dict[str, Any]:
         """The contract's object, then extras: histogram (base64 HdrHistogram, µs), client CPU."""

@@ -4,7 +4,7 @@
 writes a synthetic server log of N records (default one million: connects,
 messages with some hostile text, disconnects, limits) and a client log of
 as many records (sends and replies with round trips), both with the real
-formatters of :mod:`chatlog.log.records`, then runs ``python -m chatlog.report``
+formatters of :mod:`chatlog.log`, then runs ``python -m chatlog.report``
 on them in a child process and prints its wall time and peak resident memory
 (the child's own ``ru_maxrss``, so generating the logs does not count).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import signal
@@ -16,8 +17,10 @@ from typing import Any
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from chatlog import report
+from chatlog import latency, report
 from chatlog.log import make_formatter
+from chatlog.report.inputs import load_bench
+from chatlog.report.timeline import RttTimeline
 from tests.support.twistd import server_env
 
 PLOTS = ("messages_per_second.png", "connections.png", "rtt.png", "rtt_over_time.png", "bench.png")
@@ -146,7 +149,7 @@ def test_report_of_a_real_run(fmt: str, chatlog_server: Any, tmp_path: Path) -> 
         expected.record_value(max(rtt, 1))
     # The text formats keep the round trip to the microsecond: allow one.
     slack = 0.0 if fmt == "json" else 0.001
-    for name, percentile in report.PERCENTILES:
+    for name, percentile in latency.PERCENTILES.items():
         want = round(expected.get_value_at_percentile(percentile) / 1000, 3)
         assert got["rtt_ms"][name] == pytest.approx(want, abs=slack + want * 0.001)
     assert got["rtt_ms"]["count"] == total
@@ -270,7 +273,7 @@ def test_missing_file_is_an_error(tmp_path: Path, capsys: Any) -> None:
 
 def test_rtt_timeline_stays_bounded() -> None:
     """A long run coarsens the round-trip timeline instead of growing it."""
-    timeline = report.RttTimeline(max_slots=10)
+    timeline = RttTimeline(max_slots=10)
     for second in range(1000):
         timeline.add(1795000000 + second + 0.5, 1.0 + second % 7)
     rows = timeline.rows()
@@ -284,10 +287,10 @@ def test_bench_rows_are_validated(tmp_path: Path) -> None:
     """A bench file without the required keys is refused with a clear message."""
     path = tmp_path / "bench.json"
     path.write_text(json.dumps({"rows": BENCH_ROWS}))
-    assert report.load_bench(path) == BENCH_ROWS
+    assert load_bench(path) == BENCH_ROWS
     path.write_text(json.dumps([{"server": "x"}]))
     with pytest.raises(ValueError, match="msgs_per_s"):
-        report.load_bench(path)
+        load_bench(path)
 
 
 @pytest.mark.e2e
@@ -327,3 +330,51 @@ def test_agrees_with_the_clients_own_summary(chatlog_server: Any, tmp_path: Path
     assert summary["client"]["replies"] == own["messages"]
     assert summary["client"]["errors"] == own["errors"] == 0
     assert {k: summary["client"]["rtt_ms"][k] for k in own["rtt_ms"]} == own["rtt_ms"]
+
+
+def report_imports() -> dict[str, list[ast.ImportFrom | ast.Import]]:
+    """Each module of chatlog.report (by dotted name) and its import statements."""
+    package = Path(report.__file__).parent
+    return {
+        f"chatlog.report.{path.stem}".removesuffix(".__init__"): [
+            node
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Import | ast.ImportFrom)
+        ]
+        for path in sorted(package.glob("*.py"))
+    }
+
+
+def imported_names(node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The modules an import statement loads (``from chatlog.report import x`` loads x too)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    module = node.module or ""
+    if module == "chatlog.report":
+        return [module, *(f"{module}.{alias.name}" for alias in node.names)]
+    return [module]
+
+
+def test_report_modules_keep_to_the_layering() -> None:
+    """Each report module says what it is for, reads chatlog.log by its public names only,
+    never touches the server, and the modules import each other without a cycle."""
+    modules = report_imports()
+    assert "chatlog.report.cli" in modules and "chatlog.report.plots" in modules
+    graph: dict[str, set[str]] = {}
+    for name, nodes in modules.items():
+        path = Path(report.__file__).parent / f"{name.rpartition('.')[2]}.py"
+        if name == "chatlog.report":
+            path = Path(report.__file__)
+        assert ast.get_docstring(ast.parse(path.read_text())), f"{name} has no docstring"
+        targets = [target for node in nodes for target in imported_names(node)]
+        assert [t for t in targets if t.startswith("chatlog.log.")] == [], name
+        assert [t for t in targets if t.startswith("chatlog.server")] == [], name
+        graph[name] = {t for t in targets if t in modules and t != "chatlog.report"}
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, "import cycle: " + " -> ".join([*path, name])
+        for target in graph[name]:
+            visit(target, (*path, name))
+
+    for name in graph:
+        visit(name, ())

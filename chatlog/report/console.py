@@ -1,0 +1,35 @@
+"""The summary as a table on the terminal (``rich``), and the first unparsed records."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from chatlog.report.text import summary_rows
+
+
+def print_summary(summary: dict[str, Any], out: Any = None) -> None:
+    """The summary as a table on ``out`` (stdout)."""
+    # Imported when used, like matplotlib in the plots: build_report alone needs neither.
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="chatlog report")
+    table.add_column("section", style="bold")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    previous = None
+    for section, what, value in summary_rows(summary):
+        # A section's name only on its first row: the table reads as groups.
+        table.add_row(section if section != previous else "", what, value)
+        previous = section
+    # A fixed width, so the table looks the same in a terminal and in a pipe.
+    console = Console(file=out or sys.stdout, width=100)
+    console.print(table)
+    for example in summary["unparsed"]["examples"][:3]:
+        console.print(
+            f"unparsed {example['file']}:{example['line']}: {example['text']!r}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
