@@ -23,7 +23,7 @@ from tests.support.twistd import RunningServer, server_env
 
 #: Installed as sitecustomize.py: rename Twisted internals in every twisted.* module
 #: as it is imported (compiled from source, so no renamed bytecode is cached).
-RENAMING_SITECUSTOMIZE = '''
+RENAMING_SITECUSTOMIZE = """
 import importlib.abc
 import importlib.machinery
 import os
@@ -51,7 +51,7 @@ class RenamingFinder(importlib.abc.MetaPathFinder):
 
 
 sys.meta_path.insert(0, RenamingFinder())
-'''
+"""
 
 CONNECTIONS = 10
 MESSAGES = 300  # per connection
