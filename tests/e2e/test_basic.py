@@ -7,12 +7,8 @@ import socket
 
 import pytest
 
-
-def read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
+from tests.support.clients import read_to_eof
+from tests.support.logfile import kinds
 
 
 @pytest.mark.e2e
@@ -22,13 +18,12 @@ def test_reply_and_log_then_sigterm(chatlog_server) -> None:
     with server.connect() as sock:
         sock.sendall(b"Hello, Server!\nsecond\r\n")
         sock.shutdown(socket.SHUT_WR)
-        replies = read_all(sock)
+        replies = read_to_eof(sock)
     assert replies == b"Server received: Hello, Server!\nServer received: second\n"
     # After a clean shutdown twistd ends itself with the signal it received.
     assert server.stop(signal.SIGTERM) == -signal.SIGTERM
     records = server.records()
-    kinds = [r.split(b":", 1)[0] for r in records]
-    assert kinds == [
+    assert kinds(records) == [
         b"Server Started",
         b"Connection",
         b"Message Received",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.twistd import ROOT
+from tests.support.twistd import server_env
 
 ROW_KEYS = {
     "server", "mode", "connections", "pipeline", "msgs_per_s", "p50_ms", "p99_ms",
@@ -27,8 +27,7 @@ ROW_KEYS = {
 def test_tiny_bench_run_answers_from_every_server(tmp_path: Path) -> None:
     """A half-second run (2 connections; 4 in flight x 2; 500/s open loop) gives a row per server and load."""
     results, plot = tmp_path / "results.json", tmp_path / "results.png"
-    env = dict(os.environ, CHATLOG_BENCH_CACHE=str(tmp_path / "cache"))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = dict(server_env(), CHATLOG_BENCH_CACHE=str(tmp_path / "cache"))
     done = subprocess.run(
         [
             sys.executable,

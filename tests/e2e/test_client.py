@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from chatlog.client.load import MESSAGE_ID
 from tests.support.certs import self_signed
+from tests.support.clients import free_port
 from tests.support.delayproxy import delay_proxy
 from tests.support.twistd import ROOT, server_env
 
@@ -59,12 +59,6 @@ def check_schema(data: dict[str, Any]) -> None:
     rtt = data["rtt_ms"]
     assert 0 < rtt["min"] <= rtt["p50"] <= rtt["p90"] <= rtt["p99"] <= rtt["p999"] <= rtt["max"]
     assert rtt["min"] <= rtt["mean"] <= rtt["max"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def server_ids(records: list[bytes]) -> list[tuple[bytes, bytes]]:

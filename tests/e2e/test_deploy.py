@@ -20,15 +20,18 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from chatlog.server.command import twistd_command
 from tests.support.certs import self_signed
-from tests.support.twistd import LISTENING, ROOT, RunningServer, launch, server_env, twistd_command
+from tests.support.clients import free_port, read_to_eof
+from tests.support.process import process_gone
+from tests.support.twistd import LISTENING, ROOT, RunningServer, launch, server_env
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -39,18 +42,6 @@ CONTRIB = ROOT / "contrib"
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``check`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what} after {timeout} s")
-        time.sleep(0.02)
 
 
 def read_lines(sock: socket.socket, count: int) -> list[bytes]:
@@ -70,13 +61,6 @@ def converse(sock: socket.socket, *messages: bytes) -> None:
     assert read_lines(sock, len(messages)) == [b"Server received: " + m for m in messages]
 
 
-def read_to_eof(sock: socket.socket) -> bytes:
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
-
-
 def json_records(path: Path) -> list[dict[str, Any]]:
     data = path.read_bytes()
     assert data == b"" or data.endswith(b"\n"), f"{path} ends mid-record: {data[-80:]!r}"
@@ -87,21 +71,6 @@ def json_records(path: Path) -> list[dict[str, Any]]:
         except ValueError as error:
             raise AssertionError(f"{path.name}:{number} is not a JSON record: {line!r}") from error
     return records
-
-
-def process_gone(pid: int) -> bool:
-    """True once ``pid`` has exited (a zombie that no one reaped counts as exited)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -140,19 +109,22 @@ def test_daemon_detaches_and_stops_on_sigterm(
     assert started.returncode == 0, started
     pid = 0
     try:
-        line = wait_for(
-            "'listening on' in twistd.log",
+        line = wait_until(
             lambda: twistd_log.exists() and LISTENING.search(twistd_log.read_bytes()),
+            10,
+            "'listening on' in twistd.log",
         )
         port = int(line.group(2))
-        pid = int(wait_for("the pidfile", lambda: pidfile.exists() and pidfile.read_text().strip()))
+        pid = int(
+            wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "the pidfile")
+        )
         assert not process_gone(pid)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             converse(sock, b"hello daemon", b"second")
             client_port = sock.getsockname()[1]
         assert (chat_log.stat().st_mode & 0o777) == mode
         os.kill(pid, signal.SIGTERM)
-        wait_for("the daemon to exit", lambda: process_gone(pid), timeout=15)
+        wait_until(lambda: process_gone(pid), 15, "the daemon to exit")
         assert not pidfile.exists()
         records = chat_log.read_bytes().split(b"\n")[:-1]
         assert records[0].startswith(b"Server Started: ")
@@ -273,7 +245,7 @@ def haproxy(tmp_path: Path) -> Iterator[Callable[[int, str], int]]:
                     return True
                 return False
 
-        wait_for("haproxy to listen", listening)
+        wait_until(listening, 10, "haproxy to listen")
         return front
 
     yield start
@@ -303,9 +275,10 @@ def test_haproxy_real_client_address(
         ) as sock:
             converse(sock, b"via haproxy %d" % n)
             clients.append(sock.getsockname()[:2])
-    wait_for(
-        "two disconnect records",
+    wait_until(
         lambda: sum(r["event"] == "disconnect" for r in json_records(server.log_path)) == 2,
+        10,
+        "two disconnect records",
     )
     records = json_records(server.log_path)
     # HAProxy may close the second backend connection before the first.
@@ -369,7 +342,7 @@ def test_logrotate_config_against_running_server(
     for thread in talkers:
         thread.start()
     try:
-        wait_for("some traffic", lambda: len(acked) > 200)
+        wait_until(lambda: len(acked) > 200, 10, "some traffic")
         done = subprocess.run(
             [logrotate, "-f", "-s", str(tmp_path / "logrotate.state"), str(config)],
             capture_output=True, timeout=20,
@@ -377,7 +350,7 @@ def test_logrotate_config_against_running_server(
         assert done.returncode == 0, done
         server.wait_output(rb"reopened log")
         before = len(acked)
-        wait_for("traffic after the reopen", lambda: len(acked) > before + 200)
+        wait_until(lambda: len(acked) > before + 200, 10, "traffic after the reopen")
     finally:
         stop.set()
         for thread in talkers:
@@ -507,9 +480,10 @@ def test_json_lines_types(chatlog_server: Callable[..., RunningServer]) -> None:
         sock.sendall(b"x" * 40 + b"\n")
         assert read_to_eof(sock).startswith(b"ERROR line too long")
     # Both are gone before the per-address limit is put to the test.
-    wait_for(
-        "two disconnect records",
+    wait_until(
         lambda: sum(r["event"] == "disconnect" for r in json_records(server.log_path)) == 2,
+        10,
+        "two disconnect records",
     )
     with server.connect() as first, server.connect() as second:
         converse(first, b"one")
@@ -518,9 +492,10 @@ def test_json_lines_types(chatlog_server: Callable[..., RunningServer]) -> None:
             assert read_to_eof(third).startswith(b"ERROR too many connections")
         # Both fall silent: the idle timeout closes them.
         assert read_to_eof(first) == read_to_eof(second) == b"ERROR timeout\n"
-    wait_for(
-        "every disconnect record",
+    wait_until(
         lambda: sum(r["event"] == "disconnect" for r in json_records(server.log_path)) == 4,
+        10,
+        "every disconnect record",
     )
     assert server.stop() == -signal.SIGTERM
     raw = server.log_bytes()

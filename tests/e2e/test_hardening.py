@@ -1,12 +1,15 @@
-"""End-to-end proof of the no-loss contract against the real ``twistd -n chatlog``.
+"""End-to-end proof, against the real ``twistd -n chatlog``, that no message is lost.
 
-One test per guarantee of issue 4 (design.md, "The no-loss contract" and "The
-log"): ack implies logged, the limits, timeouts, backpressure, fairness,
-half-close, SIGTERM, SIGHUP rotation, a full disk, ``kill -9`` and many
-connections.  Each runs the server on loopback ``tcp:0``, waits for events
-(replies, log lines, twistd's own output) rather than sleeping, and reads the
-log as bytes split on ``b"\\n"``.  Figures (RSS per connection, round trips)
-are printed: run with ``-s`` to see them.
+One test per guarantee: a reply only after its record is in the log (ack
+implies logged), every acknowledged message logged exactly once, limits and
+timeouts answered with an error and an event, bounded memory under
+backpressure, fairness under a flood, every reply after a half-close, SIGTERM
+flushing, SIGHUP rotation, a full disk refused and recovered, no acknowledged
+message lost to ``kill -9``, and 10,000 connections held.  Each runs the
+server on loopback ``tcp:0``, waits for events (replies, log lines, twistd's
+own output) rather than sleeping, and reads the log as bytes split on
+``b"\\n"``.  Figures (RSS per connection, round trips) are printed: run with
+``-s`` to see them.
 """
 
 from __future__ import annotations
@@ -23,23 +26,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.hardening_helpers import (
-    REPLY,
-    LineClient,
-    Load,
-    close_all,
+from tests.support.clients import REPLY, LineClient
+from tests.support.connections import close_all, open_many, ping_all
+from tests.support.load import Load, flood, flood_until_blocked
+from tests.support.logfile import (
     kinds,
     logged_messages,
     message_text,
-    open_many,
-    percentiles,
-    ping_all,
-    raise_nofile,
+    missing_and_doubled,
     read_records,
-    rss_kib,
-    server_pid,
-    wait_until,
 )
+from tests.support.process import raise_nofile, rss_kib
+from tests.support.stats import percentiles
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -72,26 +71,10 @@ def figures(name: str, **values: object) -> None:
     print(f"\nFIGURES {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
-def pid_of(server) -> int:
-    return server_pid(server.log_path, server.proc.pid)
-
-
-def wait_output_count(server, needle: bytes, count: int, timeout: float = 10.0) -> None:
-    """Wait until twistd's own log has ``count`` lines containing ``needle``."""
-    deadline = time.monotonic() + timeout
-    while sum(needle in line for line in server.output) < count:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"fewer than {count} lines with {needle!r}: {server.output!r}")
-        # A pattern that never matches: wait_output just collects lines until it times out.
-        with contextlib.suppress(TimeoutError):
-            server.wait_output(rb"(?!)", timeout=min(remaining, 0.1))
-
-
 def assert_exactly_once(acked: list[bytes], *logs: Path) -> None:
+    """Each acknowledged message is in ``logs`` exactly once; no load message is there twice."""
     counts = logged_messages(*logs)
-    missing = [m for m in acked if counts[m] == 0]
-    doubled = [m for m in acked if counts[m] > 1]
+    missing, doubled = missing_and_doubled(acked, counts)
     assert not missing, f"{len(missing)} acknowledged messages not logged, e.g. {missing[:3]!r}"
     assert not doubled, f"{len(doubled)} messages logged more than once, e.g. {doubled[:3]!r}"
     # Load messages are unique (TAG-cN-mN): none, acknowledged or not, may be logged twice.
@@ -270,7 +253,7 @@ def test_policy_close_aborts_a_client_that_does_not_read(chatlog_server) -> None
     server = chatlog_server("--idle-timeout", "1")
     stuck = socket.create_connection(server.address)
     try:
-        _flood_until_blocked(stuck)
+        flood_until_blocked(stuck)
 
         def gone() -> list[bytes]:
             return [r for r in read_records(server.log_path) if r.startswith(b"Disconnection: ")]
@@ -289,38 +272,10 @@ def test_policy_close_aborts_a_client_that_does_not_read(chatlog_server) -> None
 # -- load shapes ------------------------------------------------------------------------
 
 
-def _flood(
-    sock: socket.socket, chunk: bytes, total: int, seconds: float, read: bool, out: dict
-) -> None:
-    """Send ``chunk`` repeatedly (up to ``total`` bytes or ``seconds``); read replies if asked."""
-    sock.setblocking(False)
-    sent = replies = 0
-    deadline = time.monotonic() + seconds
-    view = memoryview(chunk)
-    offset = 0
-    while sent < total and time.monotonic() < deadline and not out.get("stop"):
-        readable, writable, _ = select.select([sock] if read else [], [sock], [], 0.05)
-        if readable:
-            data = sock.recv(1 << 20)
-            if not data:
-                break
-            replies += data.count(b"\n")
-            out["replies"] = replies
-        if writable:
-            try:
-                n = sock.send(view[offset:])
-            except BlockingIOError:
-                n = 0
-            sent += n
-            offset = (offset + n) % len(chunk)
-            out["sent"] = sent
-    out["done"] = True
-
-
 def test_backpressure_bounds_memory_and_spares_others(chatlog_server) -> None:
     """A client sending 50 MB and reading nothing leaves server RSS bounded and others fast."""
     server = chatlog_server()
-    pid = pid_of(server)
+    pid = server.serving_pid()
     with LineClient(server.address) as other:
         for i in range(50):
             other.round_trip(b"warm-%d" % i)
@@ -329,7 +284,7 @@ def test_backpressure_bounds_memory_and_spares_others(chatlog_server) -> None:
         state: dict = {}
         chunk = (b"y" * 99 + b"\n") * 655  # 65,500 bytes of 100-byte lines
         thread = threading.Thread(
-            target=_flood, args=(flooder, chunk, 50_000_000, 4.0, False, state), daemon=True
+            target=flood, args=(flooder, chunk, 50_000_000, 4.0, False, state), daemon=True
         )
         thread.start()
         rtts, peak = [], baseline
@@ -364,7 +319,7 @@ def test_flood_of_tiny_lines_does_not_starve_others(chatlog_server) -> None:
     state: dict = {}
     chunk = b"f\n" * 32768
     thread = threading.Thread(
-        target=_flood, args=(flooder, chunk, 1 << 40, 20.0, True, state), daemon=True
+        target=flood, args=(flooder, chunk, 1 << 40, 20.0, True, state), daemon=True
     )
     with LineClient(server.address) as other:
         other.round_trip(b"before")
@@ -410,22 +365,6 @@ def test_half_close_gets_every_reply(chatlog_server) -> None:
 # -- signals ------------------------------------------------------------------------------
 
 
-def _flood_until_blocked(sock: socket.socket, seconds: float = 5.0) -> int:
-    """Send without reading until the server stops reading us (backpressure holds)."""
-    sock.setblocking(False)
-    chunk = b"z" * 63 + b"\n"
-    chunk *= 1024
-    sent = 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        _, writable, _ = select.select([], [sock], [], 0.3)
-        if not writable:
-            return sent  # blocked for 0.3 s: the server paused reading
-        with contextlib.suppress(BlockingIOError):
-            sent += sock.send(chunk)
-    raise AssertionError(f"the server kept reading a client that reads nothing ({sent} bytes)")
-
-
 def test_sigterm_flushes_logs_stopped_and_exits(chatlog_server) -> None:
     """SIGTERM under load, with idle and non-reading clients: every ack logged, Server Stopped, exit."""
     server = chatlog_server()
@@ -434,7 +373,7 @@ def test_sigterm_flushes_logs_stopped_and_exits(chatlog_server) -> None:
     for i, client in enumerate(idle):
         client.round_trip(b"idle-%d" % i)
     stuck = socket.create_connection(server.address)
-    _flood_until_blocked(stuck)
+    flood_until_blocked(stuck)
     load.start()
     load.wait_acked(2000)
     signalled = time.monotonic()
@@ -466,7 +405,7 @@ def test_sighup_rotation_loses_and_repeats_nothing(chatlog_server) -> None:
         server.log_path.rename(old)
         rotated.append(old)
         server.send_signal(signal.SIGHUP)
-        wait_output_count(server, b"reopened log", generation)
+        server.wait_output_count(b"reopened log", generation)
         assert server.proc.poll() is None, "twistd died of SIGHUP"
     load.wait_acked(len(load.acked) + 1000)
     load.finish()
@@ -615,7 +554,7 @@ def test_ten_thousand_connections_held(chatlog_server) -> None:
         "0",
         port="tcp:0:interface=127.0.0.1:backlog=1024",
     )
-    pid = pid_of(server)
+    pid = server.serving_pid()
     with LineClient(server.address) as warm:
         warm.round_trip(b"warm")
     baseline = rss_kib(pid)
@@ -655,7 +594,7 @@ def test_ten_thousand_connections_held(chatlog_server) -> None:
 def test_connect_close_churn_plateaus(chatlog_server) -> None:
     """20 rounds of 500 connections opened, answered and closed: server RSS stops growing."""
     server = chatlog_server("--max-per-ip", "0", port="tcp:0:interface=127.0.0.1:backlog=1024")
-    pid = pid_of(server)
+    pid = server.serving_pid()
     rounds, per_round = 20, 500
     rss = []
     for r in range(rounds):

@@ -6,31 +6,15 @@ import os
 import re
 import signal
 import socket
-import time
+import subprocess
 from pathlib import Path
 
 import pytest
 
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-def wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}").exists() else ""
-        if ") Z " in stat:  # a zombie has exited; its parent just has not reaped it
-            return True
-        time.sleep(0.05)
-    return False
+from chatlog.server.command import twistd_command
+from tests.support.process import children, wait_gone
+from tests.support.twistd import server_env
+from tests.support.waiting import wait_until
 
 
 @pytest.mark.e2e
@@ -75,20 +59,9 @@ def test_workers_end_with_a_killed_parent(chatlog_server) -> None:
         socket.create_connection(server.address, timeout=2).close()
 
 
-def wait_for(condition, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 @pytest.mark.e2e
 def test_workers_in_daemon_mode(tmp_path: Path) -> None:
     """A daemon with --workers: one pidfile; SIGTERM stops every worker and removes it."""
-    import subprocess
-
-    from tests.support.twistd import server_env, twistd_command
-
     pidfile = tmp_path / "chatlog.pid"
     twistd_log = tmp_path / "twistd.log"
     subprocess.run(
@@ -97,7 +70,11 @@ def test_workers_in_daemon_mode(tmp_path: Path) -> None:
          "--workers", "2"],
         cwd=tmp_path, env=server_env(), check=True, timeout=30,
     )  # fmt: skip
-    wait_for(lambda: pidfile.exists() and b"[worker 1]" in twistd_log.read_bytes())
+    wait_until(
+        lambda: pidfile.exists() and b"[worker 1]" in twistd_log.read_bytes(),
+        15,
+        "the pidfile and worker 1 in twistd's log",
+    )
     parent = int(pidfile.read_text())
     [worker] = children(parent)
     os.kill(parent, signal.SIGTERM)

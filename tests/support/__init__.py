@@ -1,0 +1,13 @@
+"""What the end-to-end tests and the soak runs share, one module per job.
+
+- :mod:`~tests.support.twistd`: start ``twistd -n chatlog`` on loopback and wait on its own log.
+- :mod:`~tests.support.logfile`: read the server's message log as bytes, independently of chatlog.
+- :mod:`~tests.support.clients`: one blocking line client, and plain-socket odds and ends.
+- :mod:`~tests.support.load`: closed-loop pipelined load and floods, from threads.
+- :mod:`~tests.support.connections`: thousands of connections opened, pinged and closed at once.
+- :mod:`~tests.support.process`: processes as ``/proc`` shows them, and this process's file limit.
+- :mod:`~tests.support.waiting`: wait for a condition, with a deadline.
+- :mod:`~tests.support.stats`: percentiles of measured round trips.
+- :mod:`~tests.support.certs`: a throwaway self-signed certificate for ``ssl:`` endpoints.
+- :mod:`~tests.support.delayproxy`: a proxy that holds replies a known time.
+"""

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chatlog.server.command import twistd_command
+from tests.support.logfile import server_pid
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(rb"listening on (\S+):(\d+), logging to")
@@ -63,15 +64,33 @@ class RunningServer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"no line matching {pattern!r} in: {self.output!r}")
-            try:
-                line = self._lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise RuntimeError(f"twistd exited before {pattern!r}: {self.output!r}")
-            self.output.append(line)
-            if regex.search(line):
+            line = self._read_line(remaining, pattern)
+            if line is not None and regex.search(line):
                 return line
+
+    def wait_output_count(self, needle: bytes, count: int, timeout: float = 10.0) -> None:
+        """Wait until twistd's own log has ``count`` lines containing ``needle``."""
+        deadline = time.monotonic() + timeout
+        while sum(needle in line for line in self.output) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"fewer than {count} lines with {needle!r}: {self.output!r}")
+            self._read_line(min(remaining, 0.1), needle)
+
+    def _read_line(self, timeout: float, awaited: bytes) -> bytes | None:
+        """Move twistd's next log line into ``output`` and return it; None if none came in time."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if line is None:
+            raise RuntimeError(f"twistd exited before {awaited!r}: {self.output!r}")
+        self.output.append(line)
+        return line
+
+    def serving_pid(self) -> int:
+        """The pid of the process that really serves, from the log (``proc`` may be a wrapper)."""
+        return server_pid(self.log_path, self.proc.pid)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Send ``signum`` and wait for the process to exit; return its exit code."""
@@ -102,7 +121,7 @@ def start_server(
     twistd_options: Sequence[str] = ("-n", "--pidfile="),
     timeout: float = 20.0,
 ) -> RunningServer:
-    """Start ``twistd -n chatlog --port PORT --logfile LOGFILE OPTIONS`` and wait until it listens."""
+    """Start ``twistd -n chatlog --port PORT --logfile LOGFILE OPTIONS``; wait until it listens."""
     log_path = workdir / logfile
     cmd = [
         *twistd_command(),

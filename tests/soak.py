@@ -1,12 +1,14 @@
 """Soak: the long variants of the end-to-end hardening tests, with figures printed.
 
-Not part of the test run (pytest collects only ``tests/``).  Each scenario
+Not part of the test run (pytest collects only ``test_*.py``).  Each scenario
 starts the real ``twistd -n chatlog`` on loopback in a temporary directory,
-drives it, checks the no-loss contract and prints what it measured::
+drives it, checks that every acknowledged message is logged (exactly once,
+except across ``kill -9``) and that memory stays bounded, and prints what it
+measured.  Run it from the checkout, as a module of the ``tests`` package::
 
-    python scripts/soak.py                 # every scenario, default sizes
-    python scripts/soak.py held churn      # some of them
-    python scripts/soak.py --scale 0.2     # shorter (durations and counts scaled)
+    python -m tests.soak                   # every scenario, default sizes
+    python -m tests.soak held churn        # some of them
+    python -m tests.soak --scale 0.2       # shorter (durations and counts scaled)
 
 Scenarios: ``load`` (sustained closed-loop load, RSS over time, exactly once),
 ``rotate`` (SIGHUP every few seconds under load), ``crash`` (repeated kill -9
@@ -19,34 +21,23 @@ check failed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.support.hardening_helpers import (  # noqa: E402  (the checkout must be on the path first)
-    LineClient,
-    Load,
-    close_all,
-    logged_messages,
-    open_many,
-    percentiles,
-    ping_all,
-    raise_nofile,
-    read_records,
-    rss_kib,
-    server_pid,
-    wait_until,
-)
-from tests.support.twistd import RunningServer, start_server  # noqa: E402
+from tests.support.clients import LineClient
+from tests.support.connections import close_all, open_many, ping_all
+from tests.support.load import Load, flood
+from tests.support.logfile import logged_messages, missing_and_doubled, read_records
+from tests.support.process import raise_nofile, rss_kib
+from tests.support.stats import percentiles
+from tests.support.twistd import RunningServer, start_server
+from tests.support.waiting import wait_until
 
 SCALE = 1.0
 
@@ -61,15 +52,14 @@ def say(name: str, **values: object) -> None:
 
 def check_once(acked: list[bytes], *logs: Path) -> tuple[int, int]:
     """(acknowledged but missing, logged more than once) over the given logs."""
-    counts = logged_messages(*logs)
-    missing = sum(1 for m in acked if counts[m] == 0)
-    doubled = sum(1 for m in acked if counts[m] > 1)
-    return missing, doubled
+    missing, doubled = missing_and_doubled(acked, logged_messages(*logs))
+    return len(missing), len(doubled)
 
 
-def server_in(workdir: Path, *options: str, **kwargs: object) -> tuple[RunningServer, int]:
-    server = start_server(workdir, *options, **kwargs)  # type: ignore[arg-type]
-    return server, server_pid(server.log_path, server.proc.pid)
+def server_in(workdir: Path, *options: str, **kwargs: Any) -> tuple[RunningServer, int]:
+    """A server started in ``workdir``, and the pid of the process that really serves."""
+    server = start_server(workdir, *options, **kwargs)
+    return server, server.serving_pid()
 
 
 # -- scenarios: each returns True when its checks held -------------------------------
@@ -121,11 +111,7 @@ def soak_rotate(workdir: Path) -> bool:
             server.log_path.rename(rotated)
             files.append(rotated)
             server.send_signal(signal.SIGHUP)
-            wait_until(
-                lambda n=n: sum(b"reopened log" in line for line in _collect(server)) >= n,
-                10,
-                f"reopen {n}",
-            )
+            server.wait_output_count(b"reopened log", n, 10)
         load.wait_acked(len(load.acked) + 500, timeout=30)
         load.finish(30)
         alive = server.proc.poll() is None
@@ -142,12 +128,6 @@ def soak_rotate(workdir: Path) -> bool:
         exit_code=code,
     )
     return missing == doubled == 0 and alive and code == -signal.SIGTERM
-
-
-def _collect(server: RunningServer) -> list[bytes]:
-    with contextlib.suppress(TimeoutError):
-        server.wait_output(rb"(?!)", timeout=0.05)
-    return server.output
 
 
 def soak_crash(workdir: Path) -> bool:
@@ -170,8 +150,7 @@ def soak_crash(workdir: Path) -> bool:
     records = read_records(workdir / "chatlog.log")
     starts = [i for i, rec in enumerate(records) if rec.startswith(b"Server Started: ")]
     misplaced = [i for i in starts if b"Server Started: " in records[i][1:]]
-    counts = logged_messages(workdir / "chatlog.log")
-    missing = sum(1 for m in all_acked if counts[m] == 0)
+    missing = len(missing_and_doubled(all_acked, logged_messages(workdir / "chatlog.log"))[0])
     ok = missing == 0 and not misplaced and len(starts) == rounds + 1
     say(
         "crash",
@@ -188,38 +167,27 @@ def soak_fair(workdir: Path) -> bool:
     """A long tiny-line flood from one client; a probe's round trips meanwhile."""
     seconds = scaled(60)
     server, _ = server_in(workdir)
-    stop = threading.Event()
-    flooded = [0]
-
-    def flood() -> None:
-        sock = socket.create_connection(server.address)
-        sock.settimeout(0.05)
-        chunk = b"f\n" * 32768
-        try:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    sock.sendall(chunk)
-                try:
-                    while data := sock.recv(1 << 20):
-                        flooded[0] += data.count(b"\n")
-                except TimeoutError:
-                    pass
-        finally:
-            sock.close()
-
-    thread = threading.Thread(target=flood, daemon=True)
+    flooder = socket.create_connection(server.address)
+    state: dict[str, Any] = {}
+    # The flood's own deadline is a backstop: the probe loop below sets "stop".
+    thread = threading.Thread(
+        target=flood,
+        args=(flooder, b"f\n" * 32768, 1 << 40, seconds + 60, True, state),
+        daemon=True,
+    )
     try:
         with LineClient(server.address) as probe:
             thread.start()
-            wait_until(lambda: flooded[0] > 10_000, 10, "the flood")
-            started, rtts, i = time.monotonic(), [], 0
+            wait_until(lambda: state.get("replies", 0) > 10_000, 10, "the flood")
+            flood_from, started, rtts, i = state["replies"], time.monotonic(), [], 0
             while time.monotonic() - started < seconds:
                 rtts.append(probe.round_trip(b"probe-%d" % i))
                 i += 1
-            rate = flooded[0] / (time.monotonic() - started)
-            stop.set()
+            rate = (state["replies"] - flood_from) / (time.monotonic() - started)
+            state["stop"] = True
             thread.join(5)
     finally:
+        flooder.close()
         server.stop()
     stats = percentiles(rtts)
     say(
@@ -324,7 +292,11 @@ SCENARIOS: dict[str, Callable[[Path], bool]] = {
 
 def main(argv: list[str] | None = None) -> int:
     global SCALE
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.soak",
+        description=__doc__.replace("``", "").replace("::", ":"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=", ".join(SCENARIOS))
     parser.add_argument("--scale", type=float, default=1.0, help="multiply durations and rounds")
     args = parser.parse_args(argv)
