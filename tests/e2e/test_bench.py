@@ -66,7 +66,9 @@ def test_tiny_bench_run_answers_from_every_server(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = json.loads(results.read_text())
-    expected = {"chatlog", "chatlog-fsync", "twisted", "asyncio", "threaded", "c-epoll"}
+    expected = {
+        "chatlog", "chatlog-fsync", "chatlog-stock", "twisted", "asyncio", "threaded", "c-epoll"
+    }  # fmt: skip
     try:
         import uvloop  # noqa: F401
 
