@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from chatlog.latency import HIGHEST_US, LOWEST_US, SIGNIFICANT_DIGITS
 from chatlog.log import FORMATS
 from chatlog.numbers import number
 
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Round trips are timed with a monotonic clock and recorded in an "
-            "HdrHistogram (1 us to 60 s, 3 significant digits).  With --rate the "
+            f"HdrHistogram ({LOWEST_US} us to {HIGHEST_US // 1_000_000} s, "
+            f"{SIGNIFICANT_DIGITS} significant digits).  With --rate the "
             "latency of each message counts from its scheduled send time."
         ),
     )

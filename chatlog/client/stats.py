@@ -8,7 +8,7 @@ Python, as much as the rest of a round trip's work in the client, so the hot
 path appends to a plain list and :meth:`Recorder.fold` records each distinct
 value once with its count, a few times a second.
 
-:class:`Summary` is what a run reports: the contract's JSON object (plus the
+:class:`Summary` is what a run reports: the ``--json`` object (plus the
 histogram's base64 encoding, so that ``--procs`` and the bench can merge
 runs), or a few lines of text.
 """
@@ -77,7 +77,7 @@ class Summary:
         return latency.rtt_ms(self.histogram)
 
     def to_json(self) -> dict[str, Any]:
-        """The contract's object, then extras: histogram (base64 HdrHistogram, µs), client CPU."""
+        """The ``--json`` object's keys, then extras: histogram (base64 HdrHistogram, µs), client CPU."""
         return {
             "messages": self.messages,
             "errors": self.errors,

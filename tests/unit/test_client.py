@@ -271,8 +271,8 @@ def test_client_log_formats_and_batched_writes(
         assert unescape_text(json.loads(first_sent)["msg"]) == b"hi\\\x1b"
 
 
-def test_summary_json_has_the_contract_keys() -> None:
-    """--json: the contract's object, numbers in ms; the histogram travels as base64."""
+def test_summary_json_has_the_documented_keys() -> None:
+    """--json: the documented object, numbers in ms; the histogram travels as base64."""
     recorder = Recorder()
     recorder.pending.extend([1000] * 98 + [5000, 200_000])
     recorder.fold()
