@@ -1,7 +1,7 @@
 """The message log: a batching ``O_APPEND`` writer that makes "ack implies logged" cheap.
 
 :class:`LogWriter` is an :class:`~twisted.logger.ILogObserver`: the protocol
-calls it with event dicts (see :mod:`chatlog.log.records`) and it formats each one
+calls it with event dicts (see :mod:`chatlog.log.events`) and it formats each one
 into a staged record at once.  Nothing is written then.  Instead the first
 record of a reactor turn schedules :meth:`LogWriter.flush` with
 ``callLater(0)``, which runs at the start of the next turn and
@@ -32,7 +32,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import ILogObserver, Logger
 from zope.interface import implementer
 
-from chatlog.log.records import Event, Formatter
+from chatlog.log.events import Event
+from chatlog.log.record import Formatter
 
 log = Logger()
 
@@ -76,7 +77,7 @@ class LogWriter:
     ) -> None:
         """
         :param path: the log file; ``-`` means standard output.
-        :param format_record: one of :mod:`chatlog.log.records`' formatters.
+        :param format_record: a :class:`~chatlog.log.record.Formatter` of any format.
         :param clock: schedules the flush at the start of the next turn and
             timestamps log errors.
         :param fsync: ``fdatasync`` every batch before acknowledging it.

@@ -1,0 +1,122 @@
+"""The ``json`` format, both ways: JSON Lines, ASCII only, no record separator.
+
+::
+
+    {"ts": "2026-11-22T14:35:45.123456+07:00", "event": "message", "ip": "127.0.0.1",
+     "port": 53122, "conn": 17, "seq": 4, "msg": "Hello, Server!"}
+
+(one line in the file).  ``ts`` is ISO 8601 with the UTC offset, ``event`` the
+json name of :data:`~chatlog.log.events.EVENTS`; then ``ip``, ``port``,
+``conn``, ``seq`` and ``msg`` when the event has them, then its other fields
+as given.  ``msg`` is the client's text when it was valid UTF-8.  When it was
+not, the record says ``"utf8": false`` and ``msg`` holds the text formats'
+escaping of the bytes (``\\xNN`` for each invalid byte, ``\\\\`` for a
+backslash), which :func:`~chatlog.log.escaping.unescape_text` turns back into
+the exact bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from chatlog.log.escaping import escape_text, unescape_text
+from chatlog.log.events import EVENTS, Event, Parsed, UnparsedRecord
+from chatlog.log.record import Formatter, Parser
+
+_json_dumps = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": ")).encode
+
+# Bytes that go into a JSON string as they are: printable ASCII except the
+# backslash and the double quote.
+_JSON_UNSAFE = re.compile(rb"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+# Keys every JSON record starts with, in this order; the rest follow as given.
+_JSON_LEAD = ("time", "event", "ip", "port", "conn", "seq", "msg")
+
+
+def _json_msg(raw: bytes) -> bytes:
+    """``, "msg": ...`` for client bytes (plus ``"utf8": false`` when not UTF-8)."""
+    if _JSON_UNSAFE.search(raw) is None:
+        return b', "msg": "' + raw + b'"'
+    try:
+        return b', "msg": ' + _json_dumps(raw.decode("utf-8")).encode()
+    except UnicodeDecodeError:
+        escaped, _ = escape_text(raw)
+        return b', "msg": ' + _json_dumps(escaped.decode("utf-8")).encode() + b', "utf8": false'
+
+
+class JsonFormatter(Formatter):
+    """``{"ts": "2026-11-22T14:35:45.123456+07:00", "event": "message", ...}``"""
+
+    name = "json"
+
+    def __call__(self, event: Event) -> bytes:
+        dumps = _json_dumps
+        stamps = self.stamps
+        out = [
+            b'{"ts": "',
+            stamps.iso(event["time"]),
+            b'", "event": "',
+            event["event"].encode(),
+            b'"',
+        ]
+        if "ip" in event:
+            out.append(
+                b', "ip": %s, "port": %d, "conn": %d'
+                % (dumps(event["ip"]).encode(), event["port"], event["conn"])
+            )
+        if "seq" in event:
+            out.append(b', "seq": %d' % event["seq"])
+        if "msg" in event:
+            out.append(_json_msg(event["msg"]))
+        for key, value in event.items():
+            if key not in _JSON_LEAD:
+                out.append(b", " + dumps(key).encode() + b": " + dumps(value).encode())
+        out.append(b"}\n")
+        return b"".join(out)
+
+    def messages(self, fields: Event, lines: list[bytes]) -> bytes:
+        lead = b'{"ts": "%s", "event": "message", "ip": %s, "port": %d, "conn": %d, "seq": ' % (
+            self.stamps.iso(fields["time"]),
+            _json_dumps(fields["ip"]).encode(),
+            fields["port"],
+            fields["conn"],
+        )
+        return b"".join(
+            b"%s%d%s}\n" % (lead, seq, _json_msg(line))
+            for seq, line in enumerate(lines, fields["seq"])
+        )
+
+
+# json.loads on bytes first guesses their encoding; records are ASCII text.
+_JSON_DECODE = json.JSONDecoder().raw_decode
+
+
+class JsonParser(Parser):
+    """Reads ``json`` records back into event dicts; ``ts`` becomes ``time``."""
+
+    name = "json"
+
+    @staticmethod
+    def looks_like(line: bytes) -> bool:
+        return line[:1] == b"{"
+
+    def parse(self, line: bytes) -> Parsed:
+        text = line.decode("utf-8")
+        record, end = _JSON_DECODE(text)
+        if end != len(text) or not isinstance(record, dict):
+            raise UnparsedRecord("a json value that is not an object")
+        kind = record.get("event")
+        if kind not in EVENTS:
+            raise UnparsedRecord(f"unknown event {kind!r}")
+        stamp = record.pop("ts")
+        event: Parsed = {"event": kind, "time": self.times.iso(stamp)}
+        del record["event"]
+        if "msg" in record:
+            text = record["msg"]
+            if record.pop("utf8", True) is False:
+                record["msg"] = unescape_text(text)
+            else:
+                record["msg"] = text.encode("utf-8")
+        event.update(record)
+        return event
