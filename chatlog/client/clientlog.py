@@ -1,7 +1,7 @@
 """The client's own log (``--logfile``): one record per message sent and per reply.
 
 The hot path only appends a small tuple to :attr:`ClientLog.pending`; the
-records are formatted by :func:`chatlog.log.records.make_formatter` (the server's
+records are formatted by :func:`chatlog.log.make_formatter` (the server's
 three formats) and written with one ``os.write`` per :meth:`ClientLog.flush`,
 which the client calls a few times a second and at the end.  Formatting and
 writing in batches keeps the log from making the client the bottleneck.
@@ -46,7 +46,7 @@ class ClientLog:
         return self._wall0 + (perf_ns - self._perf0) / 1e9
 
     def events(self, pending: list[Pending]) -> list[dict[str, Any]]:
-        """The event dicts of ``pending`` records, as :mod:`chatlog.log.records` takes them."""
+        """The event dicts of ``pending`` records, as :mod:`chatlog.log.events` describes them."""
         ip, port, wall_time = self.ip, self.port, self.wall_time
         out: list[dict[str, Any]] = []
         for kind, when, conn, seq, msg, rtt_ns in pending:
