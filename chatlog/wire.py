@@ -31,12 +31,9 @@ def error_line_too_long(limit: int) -> bytes:
     return b"ERROR line too long (max %d bytes)\n" % limit
 
 
-_BETWEEN_REPLIES = DELIMITER + REPLY_PREFIX
-
-
-def replies(lines: list[bytes]) -> bytes:
-    """The replies to ``lines`` (without their delimiters), as one piece to send."""
-    return REPLY_PREFIX + _BETWEEN_REPLIES.join(lines) + DELIMITER
+#: What stands between two lines' replies sent as one piece: the replies to
+#: ``lines`` are ``REPLY_PREFIX + REPLY_SEPARATOR.join(lines) + DELIMITER``.
+REPLY_SEPARATOR = DELIMITER + REPLY_PREFIX
 
 
 def format_address(ip: str, port: int) -> str:
