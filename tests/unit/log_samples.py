@@ -6,7 +6,14 @@ from typing import Any
 
 FORMATS = ("event", "dash", "json")
 T = 1795314336.685174  # 2026-11-22, with microseconds
+WHEN = 1795332945.123456  # 2026-11-22 07:35:45.123456 UTC
 PEER = {"ip": "127.0.0.1", "port": 53122, "conn": 17}
+
+
+def message(msg: bytes, **extra: object) -> dict[str, object]:
+    """A message event from 127.0.0.1:53122, connection 17, at WHEN."""
+    return {"event": "message", "time": WHEN, **PEER, "seq": 4, "msg": msg, **extra}
+
 
 SERVER_EVENTS: list[dict[str, Any]] = [
     {

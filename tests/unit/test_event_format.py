@@ -7,23 +7,7 @@ from typing import Any
 from chatlog.log import RecordParser, make_formatter
 from chatlog.log.event_format import EventFormatter, PeerLabels
 from chatlog.log.timestamps import Timestamps
-
-# 2026-11-22 07:35:45.123456 UTC
-WHEN = 1795332945.123456
-T = 1795314336.685174  # 2026-11-22, with microseconds
-
-
-def message(msg: bytes, **extra: object) -> dict[str, object]:
-    return {
-        "event": "message",
-        "time": WHEN,
-        "ip": "127.0.0.1",
-        "port": 53122,
-        "conn": 17,
-        "seq": 4,
-        "msg": msg,
-        **extra,
-    }
+from tests.unit.log_samples import WHEN, T, message
 
 
 def connection_event(kind: str, conn: int, **extra: Any) -> dict[str, Any]:

@@ -10,10 +10,7 @@ import pytest
 from chatlog.log import EVENT_NAMES, EVENTS, RecordParser, make_formatter
 from chatlog.log.events import Scope, event_text, kinds_by_name, parse_text
 from chatlog.log.templates import FIELD_TYPES, MESSAGE
-from tests.unit.log_samples import FORMATS
-
-# 2026-11-22 07:35:45.123456 UTC
-WHEN = 1795332945.123456
+from tests.unit.log_samples import FORMATS, WHEN
 
 # Two sample values of each field type, for events generated from the table.
 # The ints are 1 and 7, so that every "word(s)" is written both ways.

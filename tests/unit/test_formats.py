@@ -10,10 +10,7 @@ from hypothesis import strategies as st
 
 from chatlog import log
 from chatlog.log import RecordParser, make_formatter
-from tests.unit.log_samples import CLIENT_EVENTS, FORMATS, PEER, SERVER_EVENTS, T, expected
-
-# 2026-11-22 07:35:45.123456 UTC
-WHEN = 1795332945.123456
+from tests.unit.log_samples import CLIENT_EVENTS, FORMATS, PEER, SERVER_EVENTS, WHEN, T, expected
 
 HOSTILE = [
     b"",

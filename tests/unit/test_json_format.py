@@ -7,22 +7,7 @@ import json
 import pytest
 
 from chatlog.log import RecordParser, make_formatter, unescape_text
-
-# 2026-11-22 07:35:45.123456 UTC
-WHEN = 1795332945.123456
-
-
-def message(msg: bytes, **extra: object) -> dict[str, object]:
-    return {
-        "event": "message",
-        "time": WHEN,
-        "ip": "127.0.0.1",
-        "port": 53122,
-        "conn": 17,
-        "seq": 4,
-        "msg": msg,
-        **extra,
-    }
+from tests.unit.log_samples import message
 
 
 def test_json_format_message() -> None:

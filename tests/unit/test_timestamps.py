@@ -9,11 +9,7 @@ import pytest
 
 from chatlog.log import RecordParser, Timestamps, make_formatter
 from chatlog.log.timestamps import TimeParser
-
-# 2026-11-22 07:35:45.123456 UTC
-WHEN = 1795332945.123456
-T = 1795314336.685174  # 2026-11-22, with microseconds
-PEER = {"ip": "127.0.0.1", "port": 53122, "conn": 17}
+from tests.unit.log_samples import PEER, WHEN, T
 
 
 def test_timestamps_local_time_carries_the_offset() -> None:
