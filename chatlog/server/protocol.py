@@ -122,6 +122,7 @@ class ChatProtocol(TwistedProtocol):
     LINES_PER_TURN = 250
 
     transport: Any
+    factory: ChatFactory
 
     def __init__(self, factory: ChatFactory) -> None:
         self.factory = factory

@@ -36,12 +36,15 @@ class Reply(LineReceiver):
 def main() -> None:
     factory: Any = ServerFactory.forProtocol(Reply)
     factory.noisy = False
-    port = reactor.listenTCP(
+    loop: Any = (
+        reactor  # the epoll reactor installed above; some Twisted releases type it as a module
+    )
+    port = loop.listenTCP(
         int(sys.argv[1]) if len(sys.argv) > 1 else 0, factory, backlog=4096, interface="127.0.0.1"
     )
     address: Any = port.getHost()
     print(f"listening on 127.0.0.1:{address.port}", flush=True)
-    reactor.run()
+    loop.run()
 
 
 if __name__ == "__main__":
