@@ -117,6 +117,15 @@ _TABLE = (
         ends_connection=True,
     ),
     EventType(
+        "bad_header",
+        "Bad Header",
+        Scope.CONNECTION,
+        # Behind an haproxy: port, a PROXY header that is not valid: the
+        # connection is closed, and the address is the balancer's own.
+        Template("PROXY header refused ({reason:text}), connection closed"),
+        ends_connection=True,
+    ),
+    EventType(
         "log_error",
         "Log Error",
         Scope.SERVER,

@@ -52,6 +52,15 @@ def describe_address(address: Any) -> str:
     return format_address(ip, port)
 
 
+def _is_dev_null(fd: int) -> bool:
+    """Whether ``fd`` is /dev/null (a daemon's standard output), where writes vanish."""
+    try:
+        here, null = os.fstat(fd), os.stat(os.devnull)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (null.st_dev, null.st_ino)
+
+
 class ChatlogService(service.Service):
     """Listen on one endpoint and keep the message log for its connections."""
 
@@ -89,6 +98,8 @@ class ChatlogService(service.Service):
             self.writer.open()
         except OSError as error:
             fail(f"cannot open log {self.writer.path}: {error.strerror or error}")
+        if self.writer.path == "-" and _is_dev_null(1):
+            fail("--logfile -: standard output is /dev/null, where no record would be kept")
         self.port = listen_now(self.endpoint, self.endpoint_description, self.factory)
         if self.fastpath:
             self.fastpath = _fastpath.enable_server(self.reactor, self.port)

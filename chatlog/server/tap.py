@@ -129,6 +129,18 @@ class ChatlogOptions(usage.Options):
         if self["workers"] > 1:
             self._check_workers()
         logfile = self["logfile"]
+        twistd: Any = getattr(self, "parent", None)  # twistd's own options, when it parses us
+        if (
+            logfile == "-"
+            and twistd is not None
+            and "nodaemon" in twistd
+            and not twistd["nodaemon"]
+        ):
+            # A daemon's standard output is /dev/null: every record would be
+            # acknowledged and lost.
+            raise usage.UsageError(
+                "--logfile - needs twistd -n: a daemon's standard output is /dev/null"
+            )
         if logfile != "-":
             folder = os.path.dirname(os.path.abspath(logfile))
             if not os.path.isdir(folder):

@@ -91,6 +91,7 @@ def test_event_names() -> None:
         "line_too_long": "Line Too Long",
         "timeout": "Timeout",
         "rejected": "Rejected",
+        "bad_header": "Bad Header",
         "log_error": "Log Error",
         "stop": "Server Stopped",
         "sent": "Message Sent",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -240,3 +241,45 @@ def test_setup_cfg_lists_every_package() -> None:
         for init in (root / "chatlog").rglob("__init__.py")
     }
     assert found | {"twisted.plugins"} == listed
+
+
+def test_stdout_log_needs_the_foreground() -> None:
+    """--logfile - under a daemonizing twistd is refused: its stdout is /dev/null."""
+    options = ChatlogOptions()
+    options.parent = {"nodaemon": False}  # type: ignore[attr-defined]  # as twistd sets it
+    with pytest.raises(UsageError, match="--logfile - needs twistd -n"):
+        options.parseOptions(["--logfile", "-"])
+    foreground = ChatlogOptions()
+    foreground.parent = {"nodaemon": True}  # type: ignore[attr-defined]
+    foreground.parseOptions(["--logfile", "-"])
+
+
+@pytest.mark.e2e
+def test_daemon_with_stdout_log_is_refused(tmp_path: Path) -> None:
+    """twistd (a daemon) with --logfile -: one line, exit 2, no daemon left behind."""
+    result = run_twistd(
+        tmp_path, "--pidfile", "p.pid", "--logfile", "t.log", "chatlog", "--logfile", "-",
+        "--port", "tcp:0:interface=127.0.0.1",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        "twistd chatlog: --logfile - needs twistd -n: a daemon's standard output is /dev/null"
+        " (see twistd chatlog --help)\n"
+    )
+    assert not (tmp_path / "p.pid").exists()
+
+
+@pytest.mark.e2e
+def test_stdout_log_on_dev_null_is_refused(tmp_path: Path) -> None:
+    """A foreground server whose stdout is /dev/null would keep no record: refused at start."""
+    with open(os.devnull, "wb") as null:
+        result = subprocess.run(
+            [*twistd_command(), "-n", "--pidfile=", "chatlog", "--logfile", "-",
+             "--port", "tcp:0:interface=127.0.0.1"],
+            cwd=tmp_path, env=server_env(), stdout=null, stderr=subprocess.PIPE, text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == (
+        "chatlog: --logfile -: standard output is /dev/null, where no record would be kept\n"
+    )
