@@ -14,7 +14,10 @@ connections ``i+1, i+1+N, i+1+2N...``, so connection ids stay unique across
 the files; ``python -m chatlog.report chatlog.log.w*`` reads them together.
 
 The pool relays SIGHUP to every worker (log rotation), stops them all on
-SIGTERM before twistd exits, and restarts a worker that dies.  A worker
+SIGTERM before twistd exits, and restarts a worker that dies.  A worker says
+when it is ready (a line on file descriptor 4, once its SIGHUP handler is in
+place); a SIGHUP that comes before is held for it and relayed then, since the
+signal's default action would kill a worker that is still starting.  A worker
 watches its standard input (:class:`ParentWatch`): when the parent is gone it
 closes, and the worker stops by itself, so no worker outlives a ``kill -9``
 of the parent.
@@ -26,6 +29,7 @@ import contextlib
 import os
 import signal
 import socket
+import stat
 from typing import Any
 
 from twisted.application import service
@@ -41,6 +45,8 @@ log = Logger()
 
 #: The file descriptor a worker finds its listening socket on.
 LISTEN_FD = 3
+#: The file descriptor a worker says "ready" on, once it handles SIGHUP.
+READY_FD = 4
 #: Seconds a worker gets to stop cleanly after SIGTERM before it is killed.
 STOP_GRACE = 10.0
 #: Seconds before a worker that died is started again.
@@ -59,6 +65,27 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.pool = pool
         self.index = index
         self.ended: Deferred[None] = Deferred()
+        #: The worker handles SIGHUP now (it said so on READY_FD).
+        self.ready = False
+        #: A SIGHUP came while it was starting: relay it once it is ready.
+        self.hup_held = False
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD != READY_FD:
+            super().childDataReceived(childFD, data)
+        elif not self.ready:
+            self.ready = True
+            if self.hup_held:
+                self.hup_held = False
+                self.hangUp()
+
+    def hangUp(self) -> None:
+        """Relay a SIGHUP: now if the worker is ready, else as soon as it is."""
+        if not self.ready:
+            self.hup_held = True
+        elif self.transport is not None:
+            with contextlib.suppress(ProcessExitedAlready):
+                self.transport.signalProcess("HUP")
 
     def outReceived(self, data: bytes) -> None:
         self._relay(data)
@@ -111,13 +138,13 @@ class WorkerPool(service.Service):
             argv[0],
             argv,
             env=os.environ.copy(),
-            childFDs={0: "w", 1: "r", 2: "r", LISTEN_FD: listening.fileno()},
+            childFDs={0: "w", 1: "r", 2: "r", LISTEN_FD: listening.fileno(), READY_FD: "r"},
         )
         self.children[index] = child
 
     def relaySighup(self) -> None:
-        for transport in self.transports.values():
-            transport.signalProcess("HUP")
+        for child in self.children.values():
+            child.hangUp()
 
     def workerEnded(self, child: WorkerProcess, reason: Failure) -> None:
         if self.children.get(child.index) is not child:
@@ -179,6 +206,16 @@ class ParentWatch(service.Service):
     def startService(self) -> None:
         super().startService()
         stdio.StandardIO(_StdinClosed(self.reactor), reactor=self.reactor)
+        # Once running: every service has started by then (chatlog's SIGHUP
+        # handler is in place), and twistd has installed its own SIGINT handler.
+        self.reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
         # Ctrl-C reaches the whole process group; the parent stops its workers.
-        # (Once running: twistd installs its own SIGINT handler as the reactor starts.)
-        self.reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with contextlib.suppress(OSError):
+            # The pool hands a pipe; a worker started by hand may have
+            # anything (or nothing) there, and must not write into it.
+            if stat.S_ISFIFO(os.fstat(READY_FD).st_mode):
+                os.write(READY_FD, b"ready\n")
+                os.close(READY_FD)
