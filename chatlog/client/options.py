@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=10.0,
         metavar="S",
-        help="give up connecting, or waiting for the last replies, after S seconds (default: %(default)s)",
+        help="give up connecting, or waiting for a reply that does not come, after S seconds (default: %(default)s)",
     )
     load = parser.add_argument_group("load")
     load.add_argument(

@@ -23,7 +23,12 @@ from twisted.internet.endpoints import (
     connectProtocol,
     wrapClientTLS,
 )
-from twisted.internet.interfaces import IReadDescriptor, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IReactorTime,
+    IReadDescriptor,
+    IStreamClientEndpoint,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -73,28 +78,46 @@ def make_endpoint(
     return endpoint
 
 
-def connection_error(failure: Failure, where: str) -> ClientError:
+def connection_error(failure: Failure, where: str, timeout: float | None = None) -> ClientError:
     """One line for a failed connection attempt, without Twisted's boilerplate."""
     if failure.check(error.ConnectionRefusedError):
         why = "connection refused"
-    elif failure.check(error.TimeoutError, defer.CancelledError):
-        why = "timed out"
+    elif failure.check(error.TimeoutError, defer.CancelledError, error.ConnectingCancelledError):
+        why = "timed out" if timeout is None else f"timed out after {timeout:g} s (--timeout)"
     else:
         why = failure.getErrorMessage()
     return ClientError(f"cannot connect to {where}: {why}")
 
 
-async def connect_all(endpoint: IStreamClientEndpoint, run: LoadRun, where: str) -> None:
+def connect_within(
+    endpoint: IStreamClientEndpoint, proto: IProtocol, clock: IReactorTime, timeout: float
+) -> Deferred[IProtocol]:
+    """Connect ``proto``; cancelled (fails) after ``timeout`` seconds.
+
+    The TCP endpoint has a timeout of its own; this one bounds every endpoint
+    alike, whatever it wraps.
+    """
+    attempt: Deferred[IProtocol] = connectProtocol(endpoint, proto)
+    return attempt.addTimeout(timeout, clock)
+
+
+async def connect_all(
+    endpoint: IStreamClientEndpoint, run: LoadRun, where: str, clock: IReactorTime
+) -> None:
     """Connect every protocol of ``run``; on any failure abort them all and raise."""
     gate = DeferredSemaphore(CONNECT_CONCURRENCY)
-    attempts = [gate.run(connectProtocol, endpoint, proto) for proto in run.build_protocols()]
+    timeout = run.plan.timeout
+    attempts = [
+        gate.run(connect_within, endpoint, proto, clock, timeout) for proto in run.build_protocols()
+    ]
     results = await DeferredList(attempts, consumeErrors=True)
-    failures = [result for ok, result in results if not ok]
+    # DeferredList gives a Failure in place of each failed attempt's result.
+    failures: list[Any] = [result for ok, result in results if not ok]
     if failures:
         for proto in run.protocols:
             if proto.connected:
                 proto.transport.abortConnection()
-        raise connection_error(failures[0], where)
+        raise connection_error(failures[0], where, timeout)
 
 
 @implementer(IReadDescriptor)
@@ -237,7 +260,7 @@ async def run_load(reactor: Any, options: argparse.Namespace) -> Summary:
     try:
         run = LoadRun(plan, reactor, log=log)
         endpoint = make_endpoint(reactor, options, family, ip)
-        await connect_all(endpoint, run, where)
+        await connect_all(endpoint, run, where, reactor)
         if options.worker:
             await wait_for_go(reactor)
         if sys.stderr.isatty() and not options.worker:

@@ -3,6 +3,8 @@
 The lines come from the command line, from standard input when it is a pipe
 or a file, or from a prompt when it is a terminal.  Each line is sent once
 the previous reply is in, so every round trip is that of one message alone.
+Connecting and each reply's wait are bounded by ``--timeout``; waiting for
+the next line of input is not (a person may be thinking, a pipe may be slow).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredQueue, race
-from twisted.internet.endpoints import connectProtocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
@@ -25,6 +28,7 @@ from chatlog.client.load import why_lost
 from chatlog.client.runner import (
     ClientError,
     LineReader,
+    connect_within,
     connection_error,
     make_endpoint,
     resolve,
@@ -117,6 +121,22 @@ class Conversation(Protocol):
         return ConnectionGone(why_lost(self.lost))
 
 
+class NoReply(Exception):
+    """No reply came within ``--timeout``."""
+
+
+async def ask_within(
+    proto: Conversation, line: bytes, clock: IReactorTime, timeout: float
+) -> tuple[bytes, int]:
+    """``proto.ask(line)``, or :class:`NoReply` (connection aborted) after ``timeout`` seconds."""
+    try:
+        return await proto.ask(line).addTimeout(timeout, clock)
+    except defer.TimeoutError:
+        # A reply that comes after all would be taken for the next line's.
+        proto.transport.abortConnection()
+        raise NoReply(f"no reply within {timeout:g} s (--timeout)") from None
+
+
 def show_reply(reply: bytes, rtt_ns: int) -> str:
     """``Server received: Hello  (0.213 ms)``; unprintable bytes escaped as in the log."""
     text, _ = escape_text(reply)
@@ -146,7 +166,7 @@ async def converse(
         else None
     )
     recorder = Recorder()
-    replies = errors = 0
+    replies = errors = sent = 0
     started = time.perf_counter_ns()
 
     def say(text: str) -> None:
@@ -161,9 +181,9 @@ async def converse(
     proto = Conversation(log=log, on_unsolicited=unsolicited)
     try:
         try:
-            await connectProtocol(endpoint, proto)
+            await connect_within(endpoint, proto, reactor, options.timeout)
         except Exception:
-            raise connection_error(Failure(), where) from None
+            raise connection_error(Failure(), where, options.timeout) from None
 
         interactive = not options.message and stdin.isatty()
         queue: DeferredQueue[bytes | None] = DeferredQueue()
@@ -189,7 +209,11 @@ async def converse(
                     break
                 if interactive and not line.strip():
                     continue
-                reply, rtt_ns = await proto.ask(line)
+                sent += 1
+                try:
+                    reply, rtt_ns = await ask_within(proto, line, reactor, options.timeout)
+                except NoReply as silence:
+                    raise ClientError(f"{where}: message {sent}: {silence}") from None
                 if reply.startswith(REPLY_PREFIX):
                     replies += 1
                     recorder.pending.append(rtt_ns // 1000)

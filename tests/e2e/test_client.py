@@ -8,10 +8,16 @@ open-loop run must show it).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
 import re
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +111,98 @@ def test_refused_connection_is_one_line_and_exit_1() -> None:
     load = client("--port", str(port), "--connections", "3", "--messages", "2")
     assert load.returncode == 1
     assert load.stderr.count(b"\n") == 1 and b"connection refused" in load.stderr
+
+
+class SilentListener:
+    """A plain socket that accepts connections, reads what they send, and never answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = int(self.sock.getsockname()[1])
+        self.received = b""
+        self._conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # the listening socket closed: the test is over
+            conn, _ = self.sock.accept()
+            self._conns.append(conn)
+            while chunk := conn.recv(65536):
+                self.received += chunk
+
+    def close(self) -> None:
+        # shutdown wakes the blocked accept() or recv(), close alone does not.
+        for sock in [self.sock, *self._conns]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[SilentListener]:
+    listener = SilentListener()
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+NO_REPLY = b"chatlog.client: 127.0.0.1:%d: message 1: no reply within 1 s (--timeout)\n"
+
+
+@pytest.mark.parametrize("how", ["arguments", "pipe"])
+def test_silent_server_times_out(how: str) -> None:
+    """A server that accepts and never answers: after --timeout, one line naming the wait, exit 1."""
+    with silent_listener() as server:
+        args = ["--port", str(server.port), "--timeout", "1"]
+        if how == "arguments":
+            result = client(*args, "hello", "never sent", timeout=30)
+        else:
+            result = client(*args, input=b"hello\nnever sent\n", timeout=30)
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert result.stderr == NO_REPLY % server.port
+    assert server.received == b"hello\n"  # the client waited for the first reply only
+
+
+def test_silent_server_times_out_at_the_prompt() -> None:
+    """Standard input a terminal: a typed line gets no reply, and --timeout ends the wait."""
+    primary, secondary = pty.openpty()
+    try:
+        with silent_listener() as server:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "chatlog.client",
+                    "--port",
+                    str(server.port),
+                    "--timeout",
+                    "1",
+                ],
+                stdin=secondary,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=ROOT,
+                env=server_env(),
+            )
+            try:
+                os.write(primary, b"hello\n")
+                stdout, stderr = proc.communicate(timeout=30)
+            finally:
+                proc.kill()
+                proc.wait()
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert proc.returncode == 1
+    assert stdout == b"> \n"
+    assert stderr == NO_REPLY % server.port
+    assert server.received == b"hello\n"
 
 
 def test_dropped_connection_is_one_line_and_exit_1(chatlog_server: Any) -> None:

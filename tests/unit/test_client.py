@@ -6,6 +6,7 @@ exactly: a reply fed after ``clock.advance(0.005)`` took 5 ms.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -13,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from chatlog.client import options as client_options
 from chatlog.client import procs
+from chatlog.client import run as client_run
 from chatlog.client.clientlog import ClientLog
 from chatlog.client.load import MESSAGE_ID, TICK, LoadPlan, LoadRun, payload
 from chatlog.client.session import Conversation, argument_lines, show_reply
@@ -371,3 +375,104 @@ def test_procs_split_connections_and_rate() -> None:
     assert argv[argv.index("--connections") + 1] == "4"
     assert "--worker" in argv and "--json" in argv
     assert procs.worker_argv(options, 3, 4)[argv.index("--conn-offset") + 1] == "4"
+
+
+class FakeStdin:
+    """Standard input for :func:`chatlog.client.run`: a pipe's read end, a terminal or not."""
+
+    def __init__(self, fd: int, tty: bool) -> None:
+        self.fd = fd
+        self.tty = tty
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def start_client(
+    reactor: MemoryReactorClock, argv: list[str], stdin: Any = None
+) -> tuple[Deferred[int], io.StringIO, io.StringIO]:
+    """``python -m chatlog.client ARGV`` on a memory reactor: (exit status, stdout, stderr)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    status = Deferred.fromCoroutine(
+        client_run(reactor, argv, stdin=stdin, stdout=stdout, stderr=stderr)
+    )
+    return status, stdout, stderr
+
+
+def accept(reactor: MemoryReactorClock) -> tuple[Any, StringTransport]:
+    """Let the client's connection attempt succeed: (its protocol, its transport)."""
+    host, port, factory, _, _ = reactor.tcpClients[0]
+    proto = factory.buildProtocol(IPv4Address("TCP", host, port))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def test_connect_gives_up_after_timeout() -> None:
+    """A connection attempt that never completes ends at --timeout, with one line and exit 1."""
+    reactor = MemoryReactorClock()
+    status, stdout, stderr = start_client(reactor, ["--port", "5000", "--timeout", "2", "hi"])
+    reactor.advance(1.99)
+    assert not status.called
+    reactor.advance(0.01)
+    assert status.result == 1
+    assert reactor.connectors[0].stoppedConnecting
+    assert stderr.getvalue() == (
+        "chatlog.client: cannot connect to 127.0.0.1:5000: timed out after 2 s (--timeout)\n"
+    )
+    assert stdout.getvalue() == ""
+
+
+@pytest.mark.parametrize("mode", ["arguments", "pipe", "terminal"])
+def test_each_reply_wait_gives_up_after_timeout(mode: str) -> None:
+    """Every mode: each reply is awaited at most --timeout (from its send), then one line and exit 1."""
+    reactor = MemoryReactorClock()
+    argv = ["--port", "5000", "--timeout", "2"]
+    stdin = None
+    if mode == "arguments":
+        argv += ["first", "second"]
+    else:
+        read_end, write_end = os.pipe()
+        os.write(write_end, b"first\nsecond\n")
+        os.close(write_end)
+        stdin = FakeStdin(read_end, tty=mode == "terminal")
+    try:
+        status, stdout, stderr = start_client(reactor, argv, stdin)
+        proto, transport = accept(reactor)
+        for reader in reactor.getReaders():
+            reader.doRead()  # the lines of standard input
+        assert transport.value() == b"first\n"
+        reactor.advance(1.5)
+        proto.dataReceived(b"Server received: first\n")
+        assert transport.value() == b"first\nsecond\n"
+        # The second reply's wait starts at its send: 1.5 s more is not too long yet.
+        reactor.advance(1.99)
+        assert not status.called
+        reactor.advance(0.01)
+        assert status.result == 1
+        assert transport.disconnected  # aborted: a late reply cannot be mistaken for another
+        assert stderr.getvalue() == (
+            "chatlog.client: 127.0.0.1:5000: message 2: no reply within 2 s (--timeout)\n"
+        )
+        assert "Server received: first  (" in stdout.getvalue()
+        if mode == "terminal":
+            assert stdout.getvalue().startswith("> ")
+    finally:
+        if stdin is not None:
+            os.close(stdin.fd)
+
+
+def test_load_run_connect_timeout_names_the_timeout() -> None:
+    """Load mode: connections that never complete end at --timeout with the same words."""
+    reactor = MemoryReactorClock()
+    status, _, stderr = start_client(
+        reactor, ["--port", "5000", "--timeout", "3", "--connections", "2", "--messages", "1"]
+    )
+    reactor.advance(3)
+    assert status.result == 1
+    assert stderr.getvalue() == (
+        "chatlog.client: cannot connect to 127.0.0.1:5000: timed out after 3 s (--timeout)\n"
+    )
