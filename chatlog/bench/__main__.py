@@ -3,6 +3,10 @@
 Each server is started afresh for each load point, pinned to one CPU, and
 driven by the native load generator pinned to another; each point is run
 ``--repeats`` times and the medians are reported.  See ``--help``.
+
+Besides that sweep, two opt-in comparisons: ``--client`` (chatlog's own
+client against the native generator, :mod:`chatlog.bench.drivers`) and
+``--workers-scaling`` (chatlog with ``--workers 2`` against one process).
 """
 
 from __future__ import annotations
@@ -16,8 +20,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from chatlog.bench import build, output, servers
+from chatlog.bench import build, drivers, output, servers, targets
 from chatlog.bench.run import Load, Settings, measure
+
+#: What each mode runs unless told otherwise: servers, closed-loop
+#: connections, the pipelined point, open-loop rates.
+DEFAULTS: dict[str, tuple[str, list[int], str, list[int]]] = {
+    "sweep": (
+        ",".join(spec.name for spec in servers.all_servers()),
+        [1, 10, 100, 1000],
+        "10x16",
+        [20000],
+    ),
+    "client": ("chatlog", [100], "", []),
+    "workers": ("chatlog,chatlog-w2", [100], "10x16", []),
+}
 
 
 def _ints(text: str) -> list[int]:
@@ -25,7 +42,7 @@ def _ints(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    names = [spec.name for spec in servers.all_servers()]
+    names = [spec.name for spec in servers.named_servers()]
     parser = argparse.ArgumentParser(
         prog="python -m chatlog.bench",
         description=(
@@ -36,8 +53,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--servers",
-        default=",".join(names),
-        help=f"comma-separated, from: {', '.join(names)} (default: all available)",
+        help=f"comma-separated, from: {', '.join(names)} (default: all available but "
+        "chatlog-w2; --client: chatlog; --workers-scaling: chatlog,chatlog-w2)",
+    )
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument(
+        "--client",
+        action="store_true",
+        help="instead of the sweep: drive one server (default chatlog, closed x100) in turn "
+        "with the native load generator and with python -m chatlog.client, and print the "
+        "client's msgs/s over the generator's, round by round",
+    )
+    modes.add_argument(
+        "--workers-scaling",
+        action="store_true",
+        help="instead of the sweep: chatlog with --workers 2 (chatlog-w2) against one process, "
+        "closed x100 and 16 in flight x10, servers and load generator sharing every CPU; "
+        "prints 2 workers' msgs/s over 1 worker's, round by round",
+    )
+    modes.add_argument(
+        "--targets",
+        action="store_true",
+        help="print the targets (what chatlog aims for) and exit without running anything",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit status 1 when a target this run could judge was SHORT (named on stderr), "
+        "0 when every judged target was met",
     )
     parser.add_argument(
         "--compare",
@@ -50,13 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--connections",
         type=_ints,
-        default=[1, 10, 100, 1000],
-        help="closed-loop connection counts (default 1,10,100,1000)",
+        help="closed-loop connection counts (default 1,10,100,1000; --client and "
+        "--workers-scaling: 100)",
     )
     parser.add_argument(
         "--pipelined",
-        default="10x16",
-        help="CONNSxIN_FLIGHT for the pipelined point, '' for none (default 10x16)",
+        help="CONNSxIN_FLIGHT for the pipelined point, '' for none (default 10x16; --client: none)",
     )
     parser.add_argument(
         "--fsync-connections",
@@ -67,9 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rates",
         type=_ints,
-        default=[20000],
         help="open-loop total rates in msgs/s, '' for none (default 20000: a rate every "
-        "server sustains, to compare latency rather than throughput)",
+        "server sustains, to compare latency rather than throughput; --client and "
+        "--workers-scaling: none)",
     )
     parser.add_argument(
         "--rate-connections",
@@ -118,12 +160,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.repeats = 1.0, 0.3, 1
+    args.mode = "client" if args.client else "workers" if args.workers_scaling else "sweep"
+    wanted, connections, pipelined, rates = DEFAULTS[args.mode]
+    args.servers = wanted if args.servers is None else args.servers
+    args.connections = connections if args.connections is None else args.connections
+    args.pipelined = pipelined if args.pipelined is None else args.pipelined
+    args.rates = rates if args.rates is None else args.rates
+    if args.client and (args.check or args.compare):
+        parser.error("--client compares load drivers: --check and --compare are for servers")
+    if args.client and len([n for n in args.servers.split(",") if n.strip()]) != 1:
+        parser.error("--client drives one server: give one name to --servers")
     return args
 
 
 def plan(args: argparse.Namespace) -> list[tuple[servers.ServerSpec, Load]]:
     wanted = [name.strip() for name in args.servers.split(",") if name.strip()]
-    specs = {spec.name: spec for spec in servers.all_servers()}
+    specs = {spec.name: spec for spec in servers.named_servers()}
     for checkout in args.compare:
         for fsync in (False, True):
             extra = servers.compare_spec(checkout, fsync)
@@ -152,6 +204,9 @@ def plan(args: argparse.Namespace) -> list[tuple[servers.ServerSpec, Load]]:
 
 def pinning(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...], str]:
     usable = os.sched_getaffinity(0)
+    if args.mode == "workers":
+        # Two workers pinned to one CPU could only lose: every process gets every CPU.
+        return (), (), f"not pinned: servers and load generator share all {len(usable)} CPUs"
     server, loadgen = set(args.server_cpu), set(args.loadgen_cpu)
     if server <= usable and loadgen <= usable and not server & loadgen:
         return (
@@ -172,6 +227,9 @@ def _interrupted(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.targets:
+        print(targets.listing())
+        return 0
     signal.signal(signal.SIGTERM, _interrupted)
     server_cpus, loadgen_cpus, pin_text = pinning(args)
     if loadgen_cpus:
@@ -193,12 +251,19 @@ def main(argv: list[str] | None = None) -> int:
 
     info = output.machine()
     date = output.today()
+    load_before = output.loadavg()
     describe_run = (
         f"load: {args.size}-byte lines over loopback; {pin_text}; each point "
         f"{settings.repeats} x {settings.duration:g} s after {settings.warmup:g} s warm-up, "
         "medians shown; fresh server per point; runs in which other processes took "
-        "> 10% of a pinned core are retried"
+        + ("> 10% of a pinned core" if server_cpus else "> 10% of one CPU, machine-wide")
+        + " are retried"
     )
+    if args.mode == "client":
+        describe_run += (
+            "; the server driven in turn by the native load generator and by "
+            "python -m chatlog.client, on the same CPU"
+        )
     say = (
         (lambda text: None)
         if args.quiet
@@ -212,7 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         by_load.setdefault(load, []).append(spec)
     with tempfile.TemporaryDirectory(prefix="chatlog-bench-") as scratch:
         for load, specs in by_load.items():
-            rows += measure(specs, load, binaries, Path(scratch), settings, say)
+            if args.mode == "client":
+                rows += drivers.measure_drivers(
+                    specs[0], load, binaries, Path(scratch), settings, say
+                )
+            else:
+                rows += measure(specs, load, binaries, Path(scratch), settings, say)
     order = {name: i for i, (name, _) in enumerate(dict.fromkeys((s.name, 0) for s, _ in points))}
     rows.sort(key=lambda row: order.get(row["server"], len(order)))
     for row in rows:
@@ -223,18 +293,49 @@ def main(argv: list[str] | None = None) -> int:
 
     good = [row for row in rows if row["msgs_per_s"] is not None]
     print(output.header(info, date, describe_run))
+    print(f"machine load average (1, 5, 15 min): {load_before} before, {output.loadavg()} after")
     print()
-    print(output.text_table(good))
-    for note in output.notes(good):
-        print(note)
     failed = [row for row in rows if row["msgs_per_s"] is None]
+    if args.mode == "client":
+        print(drivers.table(rows))
+        print()
+        for load in by_load:
+            load_rows = [
+                r
+                for r in rows
+                if (r["mode"], r["connections"], r["pipeline"], r["rate"]) == load.key()
+            ]
+            print(
+                drivers.ratio_line(
+                    load_rows, drivers.CLIENT, drivers.NATIVE, "driver", load.describe()
+                )
+            )
+    else:
+        print(output.text_table(good))
+        for note in output.notes(good):
+            print(note)
     for row in failed:
-        print(f"FAILED: {row['server']} {output.load_name(row)}: {row['error']}")
-    verdicts = output.targets_text(good)
-    if verdicts:
+        print(f"FAILED: {row.get('driver', row['server'])} {output.load_name(row)}: {row['error']}")
+    if args.mode == "workers":
+        print()
+        for load in by_load:
+            load_rows = [
+                r
+                for r in good
+                if (r["mode"], r["connections"], r["pipeline"], r["rate"]) == load.key()
+            ]
+            print(drivers.ratio_line(load_rows, "chatlog-w2", "chatlog", "server", load.describe()))
+    verdicts = targets.judge(good)
+    short = targets.short(verdicts)
+    if args.mode != "client" and any(v.value is not None for v in verdicts):
         print("\ntargets:")
-        print(verdicts)
-    if args.rst:
+        print(targets.verdicts_text(verdicts))
+    if args.check:
+        line = targets.check_line(verdicts)
+        print(f"\ncheck: {line}")
+        if short:
+            print(f"chatlog.bench: {line}", file=sys.stderr)
+    if args.rst and args.mode != "client":
         print("\n.. rst table for README.rst\n")
         print(
             f"{args.size}-byte lines over loopback, {date}, on {output.machine_line(info)}; "
@@ -244,11 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         print(output.rst_table(good))
     args.json.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"\nresults: {args.json}", end="")
-    if str(args.plot) not in ("", "."):
+    if str(args.plot) not in ("", ".") and args.mode != "client":
         output.plot(good, args.plot, f"chatlog bench, {date}, {output.machine_line(info)}")
         print(f", plot: {args.plot}", end="")
     print()
-    return 1 if failed else 0
+    return 1 if failed or (args.check and short) else 0
 
 
 if __name__ == "__main__":

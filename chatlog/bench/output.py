@@ -1,4 +1,4 @@
-"""What the bench prints and writes: the table, the targets, rst, JSON and the plot."""
+"""What the bench prints and writes: the table, rst, JSON and the plot."""
 
 from __future__ import annotations
 
@@ -10,14 +10,6 @@ from pathlib import Path
 from typing import Any
 
 Row = dict[str, Any]
-
-#: chatlog's throughput targets: (what, load, peer, comparison, goal).
-TARGET_TEXT = [
-    ("closed x100: chatlog / uvloop (no log)", ("closed", 100, 1), "uvloop", ">=", 1.0),
-    ("closed x100: chatlog / bare Twisted (no log)", ("closed", 100, 1), "twisted", ">=", 0.95),
-    ("closed x100: chatlog / threaded seed", ("closed", 100, 1), "threaded", ">=", 4.0),
-    ("16 in flight x10: chatlog / bare Twisted", ("pipelined", 10, 16), "twisted", ">=", 0.8),
-]
 
 
 def machine() -> dict[str, Any]:
@@ -36,6 +28,16 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
+
+
+def loadavg() -> str:
+    """The machine's load average (1, 5, 15 min), to say how busy it was around a run."""
+    try:
+        with open("/proc/loadavg") as file:
+            one, five, fifteen = file.read().split()[:3]
+    except (OSError, ValueError):
+        return "unknown"
+    return f"{one} {five} {fifteen}"
 
 
 def machine_line(info: dict[str, Any]) -> str:
@@ -130,36 +132,6 @@ def rst_table(rows: Sequence[Row]) -> str:
     return "\n".join(out)
 
 
-def targets(rows: Sequence[Row]) -> list[tuple[str, float | None, str, bool | None]]:
-    """(what, measured, target text, met) for each throughput target the rows can judge."""
-    found: list[tuple[str, float | None, str, bool | None]] = []
-    for text, (mode, conns, pipeline), peer, op, goal in TARGET_TEXT:
-        mine = _find(rows, "chatlog", mode, conns, pipeline)
-        theirs = _find(rows, peer, mode, conns, pipeline)
-        if mine is None or theirs is None:
-            continue
-        value = mine["msgs_per_s"] / theirs["msgs_per_s"] if theirs["msgs_per_s"] else None
-        found.append((text, value, f"{op} {goal}", None if value is None else value >= goal))
-    mine = _find(rows, "chatlog", "closed", 100, 1)
-    floor = _find(rows, "c-epoll", "closed", 100, 1)
-    if mine and floor and mine["cpu_us_per_msg"] and floor["cpu_us_per_msg"]:
-        value = mine["cpu_us_per_msg"] / floor["cpu_us_per_msg"]
-        found.append(("closed x100: CPU/msg chatlog / C epoll", value, "<= 2.0", value <= 2.0))
-    fsync = _find(rows, "chatlog-fsync", "closed", 100, 1)
-    if mine and fsync and mine["msgs_per_s"]:
-        value = fsync["msgs_per_s"] / mine["msgs_per_s"]
-        found.append(("closed x100: chatlog --fsync / buffered", value, ">= 0.5", value >= 0.5))
-    return found
-
-
-def targets_text(rows: Sequence[Row]) -> str:
-    lines = []
-    for text, value, goal, met in targets(rows):
-        verdict = "?" if met is None else ("met" if met else "SHORT")
-        lines.append(f"  {text:46} {_fmt(value, '.3f'):>6}  (target {goal})  {verdict}")
-    return "\n".join(lines)
-
-
 def header(info: dict[str, Any], date: str, describe_run: str) -> str:
     return f"chatlog bench, {date}\nmachine: {machine_line(info)}\n{describe_run}"
 
@@ -179,8 +151,9 @@ def notes(rows: Sequence[Row]) -> list[str]:
     ]
     if contended:
         out.append(
-            "(c) other processes took > 10% of a pinned core during some runs even after "
-            "retries: rerun on a quiet machine: " + "; ".join(contended)
+            "(c) other processes took > 10% of a pinned core (unpinned: of one CPU, "
+            "machine-wide) during some runs even after retries: rerun on a quiet machine: "
+            + "; ".join(contended)
         )
     for row in rows:
         problems = []

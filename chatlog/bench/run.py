@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import resource
 import shutil
 import statistics
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +58,26 @@ class Settings:
     max_attempts: int = 0
 
 
+def core_ticks(cpu: int | None = None) -> tuple[int, int]:
+    """(busy, total) clock ticks so far of one CPU (None: all), counted as the generator counts."""
+    name = "cpu " if cpu is None else f"cpu{cpu} "
+    with open("/proc/stat") as stat:
+        for line in stat:
+            if line.startswith(name):
+                v = [int(x) for x in line.split()[1:9]]
+                # Interrupt time (v[5], v[6]) is mostly the loopback traffic itself: not counted.
+                return v[0] + v[1] + v[2] + v[7], sum(v)
+    raise OSError(f"no {name.strip()} in /proc/stat")
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of one process, in seconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    # After the command name come fields 3...: utime is field 14, stime 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def loadgen_once(
     loadgen: Path, server: servers.Running, load: Load, settings: Settings
 ) -> dict[str, Any]:
@@ -66,15 +90,21 @@ def loadgen_once(
         "--duration", str(settings.duration),
         "--warmup", str(settings.warmup),
         "--size", str(settings.size),
-        "--pid", str(server.pid),
         "--label", server.spec.name,
     ]  # fmt: skip
+    for pid in server.pids()[:8]:  # the generator's limit
+        argv += ["--pid", str(pid)]
     if load.mode == "open":
         argv += ["--rate", str(load.rate)]
     if len(settings.server_cpus) == 1:
         argv += ["--server-core", str(settings.server_cpus[0])]
     if len(settings.loadgen_cpus) == 1:
         argv += ["--loadgen-core", str(settings.loadgen_cpus[0])]
+    # With nothing pinned the generator cannot tell its core from the others':
+    # the whole machine is watched from here instead.
+    pinned = len(settings.server_cpus) == 1 and len(settings.loadgen_cpus) == 1
+    pids = server.pids()
+    machine0 = None if pinned else (core_ticks(), _cpu_of(pids), _children_cpu(), time.monotonic())
     done = subprocess.run(
         argv,
         capture_output=True,
@@ -87,15 +117,51 @@ def loadgen_once(
         raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr.strip()}")
     result: dict[str, Any] = json.loads(lines[-1])
     result["exit"] = done.returncode
+    if machine0 is not None:
+        ticks0, server0, children0, started = machine0
+        result["machine_other_pct"] = machine_other_pct(
+            ticks0,
+            core_ticks(),
+            _cpu_of(pids) - server0 + _children_cpu() - children0,
+            time.monotonic() - started,
+        )
     result["contended"] = contention(result) > CONTENDED_PCT
     return result
 
 
+def _cpu_of(pids: Sequence[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):  # a worker that exited counts no more
+            total += process_cpu_s(pid)
+    return total
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's reaped children (the generator, once it has run)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_other_pct(
+    before: tuple[int, int], after: tuple[int, int], own_cpu_s: float, wall: float
+) -> float:
+    """CPU that processes other than ours used over ``wall`` seconds, in % of one CPU."""
+    ticks = after[1] - before[1]
+    if ticks <= 0 or wall <= 0:
+        return -1.0
+    cpus = os.cpu_count() or 1
+    busy = 100.0 * cpus * (after[0] - before[0]) / ticks
+    return max(0.0, busy - 100.0 * own_cpu_s / wall)
+
+
 def contention(result: dict[str, Any]) -> float:
-    """The most CPU that other processes took on either pinned core during the run (%)."""
+    """The most CPU that other processes took on either pinned core (or, unpinned, on the
+    machine, in % of one CPU) during the run (%)."""
     server = float(result.get("server_core_other_pct", -1))
     loadgen = float(result.get("loadgen_core_other_pct", -1))
-    return max(server, loadgen, 0.0)
+    machine = float(result.get("machine_other_pct", -1))
+    return max(server, loadgen, machine, 0.0)
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -118,6 +184,8 @@ def summarize(spec: servers.ServerSpec, load: Load, runs: list[dict[str, Any]]) 
         row[key] = _median([run[key] for run in runs])
     row["repeats"] = len(runs)
     row["msgs_per_s_all"] = [run["msgs_per_s"] for run in runs]
+    #: The round of each run: runs of one round went one after the other, server by server.
+    row["rounds"] = [run.get("round", i) for i, run in enumerate(runs)]
     row["errors"] = sum(run["errors"] for run in runs)
     row["connect_failed"] = max(run["connect_failed"] for run in runs)
     row["closed_early"] = max(run["closed_early"] for run in runs)
@@ -180,6 +248,7 @@ def measure(
                 except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
                     failed[spec.name] = str(error)
                     continue
+                result["round"] = _round
                 mine.append(result)
                 progress(
                     f"  {spec.name:14} {load.describe():22} #{len(mine)}: "
@@ -205,8 +274,9 @@ def measure(
         if spec.name in failed or not mine:
             rows.append(failed_row(spec, load, failed.get(spec.name, "no run")))
             continue
-        # The least contended runs (all clean ones when there are enough).
+        # The least contended runs (all clean ones when there are enough), in the order they ran.
         kept = sorted(mine, key=lambda run: (run["contended"], contention(run)))[: settings.repeats]
+        kept.sort(key=lambda run: run["round"])
         rows.append(summarize(spec, load, kept))
     return rows
 

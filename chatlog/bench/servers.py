@@ -37,6 +37,9 @@ class ServerSpec:
     reference: bool = True
     #: The checkout whose ``chatlog`` runs (``--compare``); None: this one.
     root: Path | None = None
+    #: Output that says the server is ready, besides its ``listening on`` line
+    #: (``--workers``: every worker's own line).
+    ready: tuple[bytes, ...] = ()
 
 
 def _chatlog(*extra: str) -> Callable[[dict[str, Path], Path], list[str]]:
@@ -77,6 +80,15 @@ CHATLOG_STOCK = ServerSpec(
     "twistd chatlog --no-fastpath (Twisted's stock code paths)",
     False,
 )
+#: Two processes on one port: opt-in (``--servers chatlog-w2``, ``--workers-scaling``),
+#: since pinned to the one server CPU of a default run it could only lose.
+CHATLOG_W2 = ServerSpec(
+    "chatlog-w2",
+    _chatlog("--workers", "2"),
+    "twistd chatlog --workers 2 (two processes sharing the port)",
+    False,
+    ready=(rb"\[worker 1\] .*listening on",),
+)
 PEERS = [
     ServerSpec("twisted", _module("twisted_reply"), "bare Twisted LineReceiver reply, no log"),
     ServerSpec("asyncio", _module("asyncio_reply"), "asyncio streams reply, no log"),
@@ -98,7 +110,13 @@ def available(spec: ServerSpec) -> bool:
 
 
 def all_servers() -> list[ServerSpec]:
+    """The servers of a default run."""
     return [CHATLOG, CHATLOG_FSYNC, CHATLOG_STOCK, *PEERS]
+
+
+def named_servers() -> list[ServerSpec]:
+    """Every server ``--servers`` can name: the default ones and the opt-in ones."""
+    return [*all_servers(), CHATLOG_W2]
 
 
 def compare_spec(checkout: Path, fsync: bool = False) -> ServerSpec:
@@ -136,6 +154,16 @@ class Running:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def pids(self) -> list[int]:
+        """The server's process and its children (``--workers``), whose CPU time is the server's."""
+        found = [self.proc.pid]
+        try:
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # gone, or a kernel without the children file
+            pass
+        return found
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -178,9 +206,11 @@ def start(
     )
     running = Running(spec, proc, "", 0, output_path, output)
     deadline = time.monotonic() + timeout
+    ready = [re.compile(pattern) for pattern in spec.ready]
     while True:
-        match = _LISTENING.search(output_path.read_bytes())
-        if match:
+        said = output_path.read_bytes()
+        match = _LISTENING.search(said)
+        if match and all(pattern.search(said) for pattern in ready):
             running.host = match.group(1).decode()
             running.port = int(match.group(2))
             return running
