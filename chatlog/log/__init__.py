@@ -15,9 +15,12 @@ only; the modules inside are free to change.  Where each thing lives:
   by side; :mod:`~chatlog.log.formats`: them by name (``make_formatter("event")``,
   :class:`RecordParser`).
 - :mod:`~chatlog.log.writer`: :class:`LogWriter` stages records and writes
-  them in batches, calling back each connection once its records are in the file.
+  them in batches, calling back each connection once its records are in the file;
+  :mod:`~chatlog.log.files`, the system calls it makes on the file (which
+  files may be a log, a durable directory entry, cutting a failed batch back).
 - :mod:`~chatlog.log.reader`: :class:`LogReader` reads a file of any format
-  back into event dicts.
+  back into event dicts; a torn line (:data:`TORN_MARK`, :func:`is_torn`)
+  is counted, never read as a record.
 """
 
 from chatlog.log.escaping import escape_text, unescape_text
@@ -31,7 +34,7 @@ from chatlog.log.reader import (
     records_of,
     sniff_format,
 )
-from chatlog.log.record import Formatter
+from chatlog.log.record import TORN_MARK, Formatter, is_torn
 from chatlog.log.timestamps import TimeParser, Timestamps
 from chatlog.log.writer import LogWriter, WriteWaiter
 
@@ -46,12 +49,14 @@ __all__ = [
     "LogWriter",
     "Parsed",
     "RecordParser",
+    "TORN_MARK",
     "TimeParser",
     "Timestamps",
     "UnparsedRecord",
     "WriteWaiter",
     "detect",
     "escape_text",
+    "is_torn",
     "make_formatter",
     "open_log",
     "parse_lines",

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatlog.log.templates import Template, Text, Variants
+from chatlog.log.templates import Alternatives, Template, Text, Variants
 
 #: An event as formatters take it.
 Event = Mapping[str, Any]
@@ -129,16 +129,43 @@ _TABLE = (
         "log_error",
         "Log Error",
         Scope.SERVER,
-        Template(
+        Alternatives(
+            # ``left``: refused messages whose records could not be cut back
+            # off the file (an upper bound), only when there are any.
             "log unavailable for {seconds:decimal} s ({error:text}): "
-            "{refused:int} message(s) refused, {lost:int} other record(s) lost"
+            "{refused:int} message(s) refused, {lost:int} other record(s) lost; "
+            "up to {left:int} refused message(s) may remain above (cannot cut back)",
+            "log unavailable for {seconds:decimal} s ({error:text}): "
+            "{refused:int} message(s) refused, {lost:int} other record(s) lost",
+        ),
+    ),
+    EventType(
+        "log_reopen",
+        "Log Reopen",
+        Scope.SERVER,
+        # A reopen (SIGHUP) that failed, written to the file open before;
+        # then, first in the new file, how late the reopen succeeded.
+        Variants(
+            "state",
+            {
+                "failed": "cannot open the log anew ({error:text}): "
+                "records go on here until a retry succeeds",
+                "done": "opened anew {seconds:decimal} s late, after {attempts:int} failed "
+                "attempt(s): the records in between are in the file open before",
+            },
         ),
     ),
     EventType(
         "stop",
         "Server Stopped",
         Scope.SERVER,
-        Template("{connections:int} connection(s), {messages:int} message(s)"),
+        Alternatives(
+            "{connections:int} connection(s), {messages:int} message(s) logged, "
+            "{refused:int} refused",
+            # Written before refused messages were counted apart: then
+            # ``messages`` counted every message received, logged or refused.
+            "{connections:int} connection(s), {messages:int} message(s)",
+        ),
     ),
     EventType("sent", "Message Sent", Scope.LINE, Template("{msg:message}"), client=True),
     EventType(

@@ -21,6 +21,12 @@ line at a time, so a log of any size is read in constant memory.  The format
 first records of each file.  A record that cannot be parsed is counted and a
 few examples are kept; it never stops the reading.
 
+A *torn* line, one that a crash or a failed write cut short, was never
+acknowledged and is not a record: the last line of a file when it has no
+newline, and any line the writer ended with
+:data:`~chatlog.log.record.TORN_MARK`.  Torn lines are counted apart, never
+read as events.
+
 The ``event`` and ``dash`` formats carry local time without an offset (or UTC
 when the server ran with ``--utc``): they are read as local time unless
 ``utc=True``.  ``json`` records carry their offset and need no hint.
@@ -36,6 +42,7 @@ from typing import IO
 
 from chatlog.log.events import EVENTS, Parsed
 from chatlog.log.formats import FORMATS, PARSERS, RecordParser
+from chatlog.log.record import is_torn
 
 # How many leading records decide a file's format and role.
 _SNIFF_LINES = 2000
@@ -118,7 +125,8 @@ def records_of(
     ``\\x85``, which may be inside client text.  No record contains a raw CR
     (the formats escape it), so one before the newline is a CRLF conversion.
     A last line without its newline is a record torn by a crash (never
-    acknowledged): it goes to ``on_torn``, not out.
+    acknowledged): it goes to ``on_torn``, not out.  Lines the writer marked
+    torn come out like any other (their line numbers count): see :func:`is_torn`.
     """
     for line in lines:
         if line[-1:] == b"\n":
@@ -135,9 +143,10 @@ class LogReader:
     """One log file: its detected format and role, its events, what did not parse.
 
     Iterate it (once) for the events in file order; ``format``, ``client``
-    are known as soon as iteration begins, ``records``, ``unparsed`` and
-    ``examples`` once it ends.  An unterminated last record (``torn``) is
-    counted as unparsed.
+    are known as soon as iteration begins, ``records``, ``unparsed``,
+    ``torn`` and ``examples`` once it ends.  A torn line (an unterminated
+    last line, or one marked torn) gives no event: it is counted in
+    ``torn`` and the first few line numbers are kept in ``torn_lines``.
     """
 
     def __init__(self, path: str | Path, *, utc: bool = False, fmt: str | None = None) -> None:
@@ -148,7 +157,9 @@ class LogReader:
         self.records = 0
         self.unparsed = 0
         self.examples: list[tuple[int, bytes]] = []
-        self.torn: bytes | None = None
+        self.torn = 0
+        self.torn_lines: list[int] = []
+        self._unterminated: bytes | None = None
         self._started = False
 
     def __iter__(self) -> Iterator[Parsed]:
@@ -156,29 +167,34 @@ class LogReader:
             raise RuntimeError(f"{self.path} is being read already")
         self._started = True
         with open_log(self.path) as f:
-            yield from self._events(records_of(f, self._set_torn))
-        if self.torn is not None:
-            self._bad(self.records + 1, self.torn)
+            yield from self._events(records_of(f, self._set_unterminated))
+        if self._unterminated is not None:
+            self._torn(self.records + 1, self._unterminated)
 
-    def _set_torn(self, line: bytes) -> None:
-        self.torn = line
+    def _set_unterminated(self, line: bytes) -> None:
+        self._unterminated = line
 
     def _events(self, records: Iterator[bytes]) -> Iterator[Parsed]:
         head = list(itertools.islice(records, _SNIFF_LINES))
-        detected, self.client = detect(head, self.utc)
+        detected, self.client = detect([line for line in head if not is_torn(line)], self.utc)
         if self.format is None:
             self.format = detected
-        if self.format is None:
-            # Nothing parses in the first records: count the whole file as unparsed.
-            for number, line in enumerate(itertools.chain(head, records), 1):
-                if line:
-                    self._bad(number, line)
-            return
-        parse = RecordParser(self.format, client=self.client, utc=self.utc).parse
+        parse = (
+            RecordParser(self.format, client=self.client, utc=self.utc).parse
+            if self.format is not None
+            else None
+        )
         number = 0
         for number, line in enumerate(itertools.chain(head, records), 1):  # noqa: B007
             if not line:
                 continue  # a blank line holds no record, and is harmless
+            if is_torn(line):
+                self._torn(number, line)
+                continue
+            if parse is None:
+                # Nothing parses in the first records: the whole file is unparsed.
+                self._bad(number, line)
+                continue
             try:
                 event = parse(line)
             except _PARSE_ERRORS:
@@ -193,12 +209,18 @@ class LogReader:
         if len(self.examples) < _MAX_EXAMPLES:
             self.examples.append((number, line[:200]))
 
+    def _torn(self, number: int, line: bytes) -> None:
+        self.records = number
+        self.torn += 1
+        if len(self.torn_lines) < _MAX_EXAMPLES:
+            self.torn_lines.append(number)
+
 
 def parse_lines(
     lines: Iterable[bytes], fmt: str | None = None, *, utc: bool = False, client: bool | None = None
 ) -> list[Parsed]:
     """Parse records given as lines (for tests and small inputs); unparseable ones are skipped."""
-    records = [line for line in records_of(lines) if line]
+    records = [line for line in records_of(lines) if line and not is_torn(line)]
     detected, is_client = detect(records[:_SNIFF_LINES], utc)
     fmt = fmt or detected
     if fmt is None:

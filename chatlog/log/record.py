@@ -9,6 +9,11 @@ The one rule every formatter keeps: *one record per line*.  Client bytes are
 escaped so that they can never end a record, start a new one, or rewrite a
 field the server knows (address, port, time, ids, event type).  Formatters
 do no I/O and read no clock, so they can be tested with plain dicts.
+
+A line a crash or a failed write cut short (a *torn* line) is never
+acknowledged.  It is never mended into a record either: when the writer
+finds one at the end of the file it ends it with :data:`TORN_MARK` before
+its newline, and readers report such a line as torn, not as a record.
 """
 
 from __future__ import annotations
@@ -17,6 +22,16 @@ from typing import ClassVar
 
 from chatlog.log.events import Event, Parsed, kinds_by_name
 from chatlog.log.timestamps import TimeParser, Timestamps
+
+#: What ends a torn line, before its newline.  It begins with a raw TAB,
+#: which no formatter ever writes (the text formats escape it as ``\\x09``,
+#: json as ``\\t``), so no record, whatever a client sent, can end with it.
+TORN_MARK = b"\t[torn, never acknowledged]"
+
+
+def is_torn(line: bytes) -> bool:
+    """Whether ``line`` (without its newline) is a torn line the writer marked."""
+    return line.endswith(TORN_MARK)
 
 
 class Formatter:

@@ -295,4 +295,43 @@ class Variants:
         return [({self.key: value}, template) for value, template in self.templates.items()]
 
 
-Text = Template | Variants
+class Alternatives:
+    """Several texts for one event, picked by the fields the event has.
+
+    ``Alternatives(longer, shorter)`` writes the first text whose fields are
+    all in the event: a field that is only sometimes there (``left`` of a
+    ``Log Error``) gets its words only when it is.  Reading tries each text
+    in order and gives back the fields of the first that matches, so the
+    last texts can also be those of records an earlier version wrote.
+    """
+
+    def __init__(self, *texts: str) -> None:
+        if not texts:
+            raise ValueError("Alternatives needs at least one text")
+        self.templates = [Template(text) for text in texts]
+        self._keys = [frozenset(key for key, _ in t.fields) for t in self.templates]
+
+    def __repr__(self) -> str:
+        return f"Alternatives{tuple(t.text for t in self.templates)!r}"
+
+    def format(self, event: Mapping[str, Any]) -> bytes:
+        """The text of ``event``, with the first template whose fields it all has."""
+        for keys, template in zip(self._keys, self.templates, strict=True):
+            if keys <= event.keys():
+                return template.format(event)
+        return self.templates[-1].format(event)  # raises KeyError, naming a missing field
+
+    def parse(self, text: bytes) -> Fields | None:
+        """The fields of the first template ``text`` is, or None."""
+        for template in self.templates:
+            fields = template.parse(text)
+            if fields is not None:
+                return fields
+        return None
+
+    def choices(self) -> list[tuple[Fields, Template]]:
+        """Each template; no field value picks one (the fields present do)."""
+        return [({}, template) for template in self.templates]
+
+
+Text = Template | Variants | Alternatives

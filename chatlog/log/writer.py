@@ -18,7 +18,17 @@ busy server writes thousands of records per system call.
 A failed write (disk full, EIO, ``/dev/full``) is not fatal: the batch is
 refused, the failure is reported once on twistd's log, every later batch tries
 again, and the first batch that succeeds begins with a ``Log Error`` record
-saying how long the log was unavailable and how much was refused.
+saying how long the log was unavailable and how much was refused.  What a
+refused batch got into the file is cut back off; when even that fails, the
+``Log Error`` record says how many refused messages may remain, and a line
+left unfinished is ended with :data:`~chatlog.log.record.TORN_MARK`, never
+mended into a record (a torn line found when the file is opened is marked the
+same way).  The writer counts the messages it logged and those it refused
+apart, for metrics and the ``Server Stopped`` record.
+
+A reopen (SIGHUP, after logrotate moved the file) that fails goes on writing
+to the file open before, says so on twistd's log and in a ``Log Reopen``
+record there, and is retried with backoff until it succeeds.
 """
 
 from __future__ import annotations
@@ -33,9 +43,20 @@ from twisted.logger import ILogObserver, Logger
 from zope.interface import implementer
 
 from chatlog.log.events import Event
-from chatlog.log.record import Formatter
+from chatlog.log.files import (
+    cut_back,
+    ends_mid_line,
+    is_regular,
+    open_log_file,
+    sync_directory,
+)
+from chatlog.log.record import TORN_MARK, Formatter
 
 log = Logger()
+
+#: Seconds before the first retry of a failed reopen; each failure doubles it, up to the cap.
+REOPEN_FIRST_RETRY = 0.1
+REOPEN_MAX_RETRY = 5.0
 
 
 class WriteWaiter(Protocol):
@@ -45,22 +66,19 @@ class WriteWaiter(Protocol):
         """Called once after the batch holding this waiter's records was written."""
 
 
-def _open_append(path: str) -> int:
-    """Open ``path`` for appending (``O_APPEND``: every write lands at the end)."""
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+class _ReopenPending:
+    """A reopen that failed and is retried: since when, how many failures, the next try."""
 
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.attempts = 0
+        self.delay = REOPEN_FIRST_RETRY
+        self.retry: IDelayedCall | None = None
 
-def _ends_mid_record(path: str) -> bool:
-    """True if the file is non-empty and does not end with a newline (a torn record)."""
-    try:
-        with open(path, "rb") as file:
-            if file.seek(0, os.SEEK_END) == 0:
-                return False
-            file.seek(-1, os.SEEK_END)
-            return file.read(1) != b"\n"
-    except OSError:
-        # Unreadable, or not a regular file (/dev/full, a pipe): nothing to mend.
-        return False
+    def cancel(self) -> None:
+        if self.retry is not None and self.retry.active():
+            self.retry.cancel()
+        self.retry = None
 
 
 @implementer(ILogObserver)
@@ -78,9 +96,10 @@ class LogWriter:
         """
         :param path: the log file; ``-`` means standard output.
         :param format_record: a :class:`~chatlog.log.record.Formatter` of any format.
-        :param clock: schedules the flush at the start of the next turn and
-            timestamps log errors.
-        :param fsync: ``fdatasync`` every batch before acknowledging it.
+        :param clock: schedules the flush at the start of the next turn, the
+            retries of a failed reopen, and timestamps log errors.
+        :param fsync: ``fdatasync`` every batch before acknowledging it, and
+            the directory whenever the file is opened (or the open fails).
         :param on_batch: called with (bytes written, seconds taken) after each
             successful batch, for metrics.
         """
@@ -90,52 +109,180 @@ class LogWriter:
         self.fsync = fsync
         self.on_batch = on_batch
         self.fd: int | None = None
+        # A file this writer opened and may cut back: not standard output,
+        # which others may write to as well, nor a device.
+        self._cuttable = False
         self._staged: list[bytes] = []
         # What the staged bytes hold, to say what a failed write refused.
         self._staged_messages = 0
         self._staged_others = 0
         self._waiters: list[WriteWaiter] = []
         self._flush_call: IDelayedCall | None = None
-        # The file may end mid-record: after a crash, or after a failed write
-        # that got part of a batch out.  The next write then starts with "\n".
+        # The file ends in an unfinished line: after a crash, or after a
+        # failed write whose part in the file could not be cut back.  The
+        # next write begins by marking that line torn and ending it.
         self._torn = False
-        # While writes fail: when it started, the last error, what was refused.
+        # While writes fail: when it started, the last error, what was refused
+        # and lost, and how many refused messages may remain in the file.
         self.failing_since: float | None = None
         self.last_error = ""
         self._refused = 0
         self._lost = 0
-        # Totals, for metrics and the Server Stopped record.
+        self._left = 0
+        self._reopen: _ReopenPending | None = None
+        #: Messages in batches that were written (with ``fsync``, and synced).
+        self.messages_logged = 0
+        #: Messages in batches that failed: answered ``ERROR log unavailable``.
+        self.messages_refused = 0
+        #: Of those, how many may remain in the file because it could not be
+        #: cut back (an upper bound).
+        self.refused_left = 0
+        #: Other records (connections, limits...) in batches that failed.
+        self.records_lost = 0
+        #: Batches that failed.
         self.write_errors = 0
+        #: Attempts to reopen the log that failed.
+        self.reopen_errors = 0
 
     # -- opening and closing ------------------------------------------------
 
     def open(self) -> None:
-        """Open (or create) the log for appending; mend a torn last record."""
+        """Open (or create) the log for appending, noting a torn last line to mark.
+
+        Raises :class:`OSError` when the log cannot be kept at ``path``
+        (:class:`~chatlog.log.files.NotALogFile` for a FIFO, a socket or a
+        terminal).
+        """
         if self.path == "-":
             self.fd = 1
             return
-        self.fd = _open_append(self.path)
-        self._torn = self._torn or _ends_mid_record(self.path)
+        self.fd, self._torn, self._cuttable = self._open_file()
 
-    def reopen(self) -> None:
+    def _open_file(self) -> tuple[int, bool, bool]:
+        """A new descriptor for ``path``; whether it ends torn; whether it may be cut back."""
+        fd, readable = open_log_file(self.path)
+        try:
+            regular = is_regular(fd)
+            if regular:
+                self._sync_directory()
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, readable and regular and ends_mid_line(fd), regular
+
+    def _sync_directory(self) -> None:
+        try:
+            sync_directory(self.path)
+        except OSError as error:
+            if self.fsync:
+                # --fsync promises records on disk: not in a file a power cut
+                # could take back out of its directory.
+                raise
+            log.warn(
+                "chatlog: cannot fsync the directory of {path}: {error}",
+                path=self.path,
+                error=str(error),
+            )
+
+    def reopen(self) -> bool:
         """Write what is staged to the old file, then continue in a new one.
 
         This is logrotate's move-then-SIGHUP: the renamed file keeps every
         record written so far, the fresh file at ``path`` gets every record
         from now on, and nothing is written twice or dropped in between.
+
+        Returns False when the new file cannot be opened (out of file
+        descriptors, say): then records go on to the old file, a ``Log
+        Reopen`` record there says so, and the reopen is retried with backoff
+        until it succeeds.
         """
         self.flush()
         if self.path == "-":
-            return
-        new_fd = _open_append(self.path)
+            return True
+        if self._reopen is None:
+            self._reopen = _ReopenPending(self.clock.seconds())
+        return self._try_reopen(self._reopen)
+
+    def _try_reopen(self, pending: _ReopenPending) -> bool:
+        pending.cancel()
+        try:
+            new_fd, torn, cuttable = self._open_file()
+        except OSError as error:
+            self._reopen_failed(pending, error)
+            return False
         old_fd, self.fd = self.fd, new_fd
-        self._torn = _ends_mid_record(self.path)
+        self._torn, self._cuttable = torn, cuttable
         if old_fd is not None:
             os.close(old_fd)
+        self._reopen = None
+        if pending.attempts:
+            now = self.clock.seconds()
+            log.info(
+                "chatlog: reopened log {path} after {attempts} failed attempts ({seconds:.3f} s)",
+                path=self.path,
+                attempts=pending.attempts,
+                seconds=now - pending.since,
+            )
+            self(
+                {
+                    "event": "log_reopen",
+                    "time": now,
+                    "state": "done",
+                    "seconds": round(now - pending.since, 6),
+                    "attempts": pending.attempts,
+                }
+            )
+        return True
+
+    def _reopen_failed(self, pending: _ReopenPending, error: OSError) -> None:
+        self.reopen_errors += 1
+        pending.attempts += 1
+        if pending.attempts == 1:
+            log.error(
+                "chatlog: cannot reopen log {path}: {error}; "
+                "records go on to the file open before, retrying",
+                path=self.path,
+                error=str(error),
+            )
+            # Into the file open before: whoever reads it learns why it kept
+            # growing after it was moved.
+            self(
+                {
+                    "event": "log_reopen",
+                    "time": self.clock.seconds(),
+                    "state": "failed",
+                    "error": str(error),
+                }
+            )
+        else:
+            pending.delay = min(pending.delay * 2, REOPEN_MAX_RETRY)
+        pending.retry = self.clock.callLater(pending.delay, self._retry_reopen)
+
+    def _retry_reopen(self) -> None:
+        if self._reopen is not None:
+            self.flush()  # what is staged belongs to the file open before
+            self._try_reopen(self._reopen)
+
+    @property
+    def reopen_pending(self) -> bool:
+        """Whether a reopen failed and records still go to the file open before."""
+        return self._reopen is not None
 
     def close(self) -> None:
         """Flush what is staged and close the file."""
         self.flush()
+        if self._reopen is not None:
+            self._reopen.cancel()
+            self._reopen = None
+        if self.failing_since is not None:
+            log.error(
+                "chatlog: log {path} still unavailable at close ({error}): {refused} "
+                "messages refused and {lost} other records lost since it failed",
+                path=self.path,
+                error=self.last_error,
+                refused=self._refused,
+                lost=self._lost,
+            )
         if self.fd is not None and self.path != "-":
             os.close(self.fd)
         self.fd = None
@@ -189,11 +336,16 @@ class LogWriter:
             waiter.logWritten(ok)
 
     def _write_batch(self, records: list[bytes], messages: int, others: int) -> bool:
-        if self.failing_since is not None:
-            # Say first, in the log itself, what the outage cost.
-            records.insert(0, self._outage_record())
+        # What goes before the batch's own records: the end of a torn line,
+        # then, after an outage, what the outage cost.
+        lead: list[bytes] = []
         if self._torn:
-            records.insert(0, b"\n")
+            lead.append(TORN_MARK + b"\n")
+        if self.failing_since is not None:
+            lead.append(self._outage_record())
+        own = sum(map(len, lead))
+        if lead:
+            records[:0] = lead
         data = b"".join(records)
         started = time.perf_counter()
         written = 0
@@ -206,24 +358,36 @@ class LogWriter:
             if self.fsync:
                 os.fdatasync(self.fd)
         except OSError as error:
-            self._write_failed(error, written, data, messages, others)
+            self._write_failed(error, written, data, own, messages, others)
             return False
         self._torn = False
+        self.messages_logged += messages
         if self.failing_since is not None:
             log.info("chatlog: log {path} writable again", path=self.path)
             self.failing_since = None
-            self._refused = self._lost = 0
+            self._refused = self._lost = self._left = 0
         if self.on_batch is not None:
             self.on_batch(len(data), time.perf_counter() - started)
         return True
 
     def _write_failed(
-        self, error: OSError, written: int, data: bytes, messages: int, others: int
+        self, error: OSError, written: int, data: bytes, own: int, messages: int, others: int
     ) -> None:
+        """Count a refused batch; what of it stays in the file, say (whole lines) or mark (a torn one)."""
         self.write_errors += 1
-        if written and not self._take_back(written) and data[written - 1 : written] != b"\n":
-            self._torn = True
+        self.messages_refused += messages
+        self.records_lost += others
         self.last_error = str(error)
+        if written and not self._take_back(written):
+            if self.failing_since is not None and written >= own:
+                # The Log Error record that led this batch is in the file and
+                # tells the outage so far: the next one tells only the rest.
+                self.failing_since = self.clock.seconds()
+                self._refused = self._lost = self._left = 0
+            left = min(messages, data[own:written].count(b"\n"))
+            self._left += left
+            self.refused_left += left
+            self._torn = data[written - 1 : written] != b"\n"
         self._refused += messages
         self._lost += others
         if self.failing_since is None:
@@ -236,33 +400,37 @@ class LogWriter:
             )
 
     def _take_back(self, written: int) -> bool:
-        """Remove the part of a failed batch that did reach the file.
+        """Cut off the part of a failed batch that did reach the file; whether that worked.
 
         Its messages are answered ``ERROR log unavailable``, so their records
         must not stay (a client that retries would be logged twice), and a
-        half-written record would break "one record per line".  This writer
-        is the only one appending to its file, so the batch is the last
-        ``written`` bytes.  Returns False when the file cannot be cut (a pipe,
-        /dev/full, EIO): the caller then ends the torn line instead.
+        half-written record would break "one record per line".  Standard
+        output is never cut (others may write there too), nor a device.
         """
-        assert self.fd is not None
+        if not self._cuttable or self.fd is None:
+            return False
         try:
-            end = os.lseek(self.fd, 0, os.SEEK_END)
-            os.ftruncate(self.fd, end - written)
-        except OSError:
+            cut_back(self.fd, written, self.fsync)
+        except OSError as error:
+            log.error(
+                "chatlog: cannot cut refused records back off log {path}: {error}",
+                path=self.path,
+                error=str(error),
+            )
             return False
         return True
 
     def _outage_record(self) -> bytes:
         assert self.failing_since is not None
         now = self.clock.seconds()
-        return self.format_record(
-            {
-                "event": "log_error",
-                "time": now,
-                "error": self.last_error,
-                "seconds": round(now - self.failing_since, 6),
-                "refused": self._refused,
-                "lost": self._lost,
-            }
-        )
+        event = {
+            "event": "log_error",
+            "time": now,
+            "error": self.last_error,
+            "seconds": round(now - self.failing_since, 6),
+            "refused": self._refused,
+            "lost": self._lost,
+        }
+        if self._left:
+            event["left"] = self._left
+        return self.format_record(event)

@@ -99,9 +99,9 @@ def render_html(summary: dict[str, Any], plots: dict[str, Path]) -> str:
     parts.append("<h2>Files</h2>")
     parts.append(
         _table(
-            ["path", "format", "role", "records", "unparsed"],
+            ["path", "format", "role", "records", "unparsed", "torn"],
             [
-                (f["path"], f["format"], f["role"], f["records"], f["unparsed"])
+                (f["path"], f["format"], f["role"], f["records"], f["unparsed"], f.get("torn", 0))
                 for f in summary["files"]
             ],
         )

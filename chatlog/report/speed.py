@@ -110,7 +110,7 @@ def server_events(
             "seconds": 1.0,
             **fields,
         }
-    yield {"event": "stop", "time": now, "connections": conn, "messages": 0}
+    yield {"event": "stop", "time": now, "connections": conn, "messages": 0, "refused": 0}
 
 
 def client_events(records: int, seconds: float, seed: int = 2) -> Iterator[dict[str, Any]]:

@@ -81,10 +81,14 @@ class ServerStats(_Fold):
         self.line_too_long = 0
         self.timeouts: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
-        self.log_errors = {"events": 0, "refused": 0, "lost": 0, "seconds": 0.0}
+        self.log_errors = {"events": 0, "refused": 0, "lost": 0, "left": 0, "seconds": 0.0}
+        self.log_reopens = {"failed": 0, "late_seconds": 0.0}
         self.starts = 0
         self.stops = 0
-        self.reported = {"connections": 0, "messages": 0}
+        # What the Server Stopped records say.  Before refused messages were
+        # counted apart, such a record had no "refused" and its "messages"
+        # counted every message received, refused ones too.
+        self.reported = {"connections": 0, "messages": 0, "refused": 0}
 
     def _on_message(self, event: Parsed, when: float) -> None:
         self.messages += 1
@@ -134,7 +138,14 @@ class ServerStats(_Fold):
         errors["events"] += 1
         errors["refused"] += int(event.get("refused", 0))
         errors["lost"] += int(event.get("lost", 0))
+        errors["left"] += int(event.get("left", 0))
         errors["seconds"] += float(event.get("seconds", 0.0))
+
+    def _on_log_reopen(self, event: Parsed, when: float) -> None:
+        if event.get("state") == "failed":
+            self.log_reopens["failed"] += 1
+        else:
+            self.log_reopens["late_seconds"] += float(event.get("seconds", 0.0))
 
     def _on_start(self, event: Parsed, when: float) -> None:
         self.starts += 1
@@ -151,6 +162,7 @@ class ServerStats(_Fold):
         self.stops += 1
         self.reported["connections"] += int(event.get("connections", 0))
         self.reported["messages"] += int(event.get("messages", 0))
+        self.reported["refused"] += int(event.get("refused", 0))
 
 
 class ClientStats(_Fold):

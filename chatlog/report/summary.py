@@ -108,6 +108,7 @@ def summarize(
             "timeout": dict(server.timeouts),
             "rejected": dict(server.rejected),
             "log_error": server.log_errors,
+            "log_reopen": server.log_reopens,
         },
         "server_runs": {
             "starts": server.starts,
@@ -116,6 +117,7 @@ def summarize(
         },
         "client": _client_summary(client, readers, utc),
         "unparsed": _unparsed(readers),
+        "torn": sum(reader.torn for reader in readers),
     }
 
 
@@ -165,6 +167,7 @@ def _file_row(reader: LogReader) -> dict[str, Any]:
         "role": "client" if reader.client else "server",
         "records": reader.records,
         "unparsed": reader.unparsed,
+        "torn": reader.torn,
     }
 
 

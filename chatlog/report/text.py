@@ -65,9 +65,16 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
             "log errors",
             f"{limits['log_error']['events']:,} "
             f"({limits['log_error']['refused']:,} refused, "
-            f"{limits['log_error']['lost']:,} lost)",
+            f"{limits['log_error']['lost']:,} lost"
+            + (
+                f", up to {limits['log_error']['left']:,} refused left in the log)"
+                if limits["log_error"].get("left")
+                else ")"
+            ),
         ),
     ]
+    if limits.get("log_reopen", {}).get("failed"):
+        rows.append(("limits", "failed log reopens", fmt(limits["log_reopen"]["failed"])))
     if client["sent"] or client["replies"]:
         rows += [
             (
@@ -81,6 +88,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
         if rtt.get("count"):
             rows += [("round trip (ms)", name, fmt(rtt[name])) for name in RTT_KEYS]
     rows.append(("records", "unparsed", fmt(summary["unparsed"]["count"])))
+    # Lines a crash or a failed write cut short: never acknowledged, not records.
+    rows.append(("records", "torn", fmt(summary.get("torn", 0))))
     return rows
 
 

@@ -1,10 +1,19 @@
 """Prometheus metrics for ``--metrics DESC``: counters that agree with the log.
 
 The counters are not incremented on the hot path: a collector reads the
-factory's and the log writer's own totals when Prometheus scrapes, so
-``chatlog_messages_total`` is exactly the number of ``Message Received``
-records staged, at no cost per message.  Only the log batch histogram is
-observed as it happens, once per batch write.
+factory's and the log writer's own totals when Prometheus scrapes, at no cost
+per message.  Only the log batch histogram is observed as it happens, once
+per batch write.
+
+Which message counter is which:
+
+- ``chatlog_messages_total``: messages received *and logged*, their record
+  written (and synced, with ``--fsync``) and their reply sent: exactly the
+  ``Message Received`` records this run wrote;
+- ``chatlog_messages_refused_total``: messages answered ``ERROR log
+  unavailable`` because their batch could not be written;
+- ``chatlog_messages_received_total``: every message read, the two above
+  plus those whose batch is being written at the moment of the scrape.
 """
 
 from __future__ import annotations
@@ -31,9 +40,21 @@ class ChatlogCollector(Collector):
         self.writer = writer
 
     def collect(self) -> Iterator[Any]:
-        factory = self.factory
+        factory, writer = self.factory, self.writer
         yield CounterMetricFamily(
-            "chatlog_messages", "Messages received and logged.", value=factory.messages_total
+            "chatlog_messages",
+            "Messages received and logged (their record written, their reply sent).",
+            value=writer.messages_logged,
+        )
+        yield CounterMetricFamily(
+            "chatlog_messages_refused",
+            "Messages answered ERROR log unavailable: their record could not be written.",
+            value=writer.messages_refused,
+        )
+        yield CounterMetricFamily(
+            "chatlog_messages_received",
+            "Messages received: logged, refused, or being written now.",
+            value=factory.messages_total,
         )
         yield CounterMetricFamily(
             "chatlog_connections", "Connections admitted.", value=factory.connections_total
@@ -55,7 +76,27 @@ class ChatlogCollector(Collector):
         yield CounterMetricFamily(
             "chatlog_log_write_errors",
             "Log batch writes that failed (their messages were answered ERROR).",
-            value=self.writer.write_errors,
+            value=writer.write_errors,
+        )
+        yield CounterMetricFamily(
+            "chatlog_log_records_lost",
+            "Records other than messages (connections, limits...) in batches that failed.",
+            value=writer.records_lost,
+        )
+        yield CounterMetricFamily(
+            "chatlog_log_refused_left",
+            "Refused messages that may remain in the log: the failed batch could not be cut back.",
+            value=writer.refused_left,
+        )
+        yield CounterMetricFamily(
+            "chatlog_log_reopen_errors",
+            "Attempts to reopen the log (SIGHUP) that failed; each is retried.",
+            value=writer.reopen_errors,
+        )
+        yield GaugeMetricFamily(
+            "chatlog_log_reopen_pending",
+            "1 while a failed reopen is retried and records go to the file open before.",
+            value=int(writer.reopen_pending),
         )
 
 

@@ -12,7 +12,8 @@ one listening endpoint (built by :mod:`chatlog.server.tap`):
   log, for logrotate;
 - ``stopService`` (SIGTERM, Ctrl-C) stops listening, sends the replies that
   are due, closes every connection (aborting those that do not read within a
-  grace period), writes ``Server Stopped`` and closes the log.
+  grace period), writes ``Server Stopped`` (connections, messages logged
+  and refused) and closes the log.
 
 It listens itself rather than through ``StreamServerEndpointService``,
 because it needs the listening port (for its address, and to stop it first
@@ -144,11 +145,15 @@ class ChatlogService(service.Service):
         self.reactor.callFromThread(self.reopenLog)
 
     def reopenLog(self) -> None:
-        """Continue the log in a fresh file at the same path (logrotate's postrotate)."""
+        """Continue the log in a fresh file at the same path (logrotate's postrotate).
+
+        Workers are told first, so that a reopen that fails here (the writer
+        then retries it by itself) never keeps them from reopening theirs.
+        """
         for relay in self.on_sighup:
             relay()
-        self.writer.reopen()
-        log.info("chatlog: reopened log {path}", path=self.writer.path)
+        if self.writer.reopen():
+            log.info("chatlog: reopened log {path}", path=self.writer.path)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -164,12 +169,15 @@ class ChatlogService(service.Service):
         return stopped
 
     def _write_stopped(self, _: object) -> None:
+        # Every message is written or refused by now, so the counts are final.
+        self.writer.flush()
         self.writer(
             {
                 "event": "stop",
                 "time": self.reactor.seconds(),
                 "connections": self.factory.connections_total,
-                "messages": self.factory.messages_total,
+                "messages": self.writer.messages_logged,
+                "refused": self.writer.messages_refused,
             }
         )
         self.writer.close()

@@ -53,7 +53,18 @@ SERVER_EVENTS: list[dict[str, Any]] = [
         "refused": 3,
         "lost": 1,
     },
-    {"event": "stop", "time": T + 6, "connections": 1, "messages": 1},
+    {
+        "event": "log_error",
+        "time": T + 5,
+        "seconds": 0.5,
+        "error": "[Errno 5] Input/output error",
+        "refused": 2,
+        "lost": 0,
+        "left": 2,
+    },
+    {"event": "log_reopen", "time": T + 5, "state": "failed", "error": "[Errno 24] EMFILE"},
+    {"event": "log_reopen", "time": T + 5, "state": "done", "seconds": 0.25, "attempts": 2},
+    {"event": "stop", "time": T + 6, "connections": 1, "messages": 1, "refused": 2},
 ]
 
 CLIENT_EVENTS: list[dict[str, Any]] = [

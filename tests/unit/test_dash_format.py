@@ -27,11 +27,11 @@ def test_dash_message_cannot_pass_for_an_event() -> None:
 def test_server_events_have_no_address() -> None:
     """The server's own events put ``- -`` where a connection's address and port would be."""
     record = make_formatter("dash", utc=True)(
-        {"event": "stop", "time": WHEN, "connections": 1, "messages": 2}
+        {"event": "stop", "time": WHEN, "connections": 1, "messages": 2, "refused": 0}
     )
-    assert (
-        record
-        == b"- - - - 2026-11-22 07:35:45.123456 - [Server Stopped] 1 connection, 2 messages\n"
+    assert record == (
+        b"- - - - 2026-11-22 07:35:45.123456 - [Server Stopped] "
+        b"1 connection, 2 messages logged, 0 refused\n"
     )
 
 

@@ -25,8 +25,9 @@ SAMPLES: dict[str, tuple[Any, Any]] = {
 }
 
 
-def table_events() -> list[tuple[bool, dict[str, Any]]]:
-    """(client, event) for every event of the table, every text it has, both sample values."""
+def table_events() -> list[tuple[bool, dict[str, Any], set[str]]]:
+    """(client, event, the fields its text names) for every event of the table,
+    every text it has, both sample values."""
     cases = []
     for kind, event_type in EVENTS.items():
         for picked, template in event_type.text.choices():
@@ -39,20 +40,23 @@ def table_events() -> list[tuple[bool, dict[str, Any]]]:
                 event.update(picked)
                 for key, type_name in template.fields:
                     event[key] = SAMPLES[type_name][sample]
-                cases.append((event_type.client, event))
+                named = {*picked, *(key for key, _ in template.fields)}
+                cases.append((event_type.client, event, named))
     return cases
 
 
-def case_id(case: tuple[bool, dict[str, Any]]) -> str:
+def case_id(case: tuple[bool, dict[str, Any], set[str]]) -> str:
     event = case[1]
     return "-".join(str(event[k]) for k in ("event", "kind", "how") if k in event)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("case", table_events(), ids=case_id)
-def test_every_event_of_the_table_round_trips(fmt: str, case: tuple[bool, dict[str, Any]]) -> None:
+def test_every_event_of_the_table_round_trips(
+    fmt: str, case: tuple[bool, dict[str, Any], set[str]]
+) -> None:
     """Each event of the table, written in each format, reads back as the fields it was written from."""
-    client, event = case
+    client, event, _ = case
     record = make_formatter(fmt, utc=True)(event)
     assert record.endswith(b"\n") and record.count(b"\n") == 1
     parsed = RecordParser(fmt, client=client, utc=True).parse(record[:-1])
@@ -66,14 +70,10 @@ def test_every_event_of_the_table_round_trips(fmt: str, case: tuple[bool, dict[s
 
 
 @pytest.mark.parametrize("case", table_events(), ids=case_id)
-def test_every_text_of_the_table_reads_back(case: tuple[bool, dict[str, Any]]) -> None:
+def test_every_text_of_the_table_reads_back(case: tuple[bool, dict[str, Any], set[str]]) -> None:
     """Each event's words, written from the table, read back as exactly the fields they name."""
-    _, event = case
-    kind = event["event"]
-    named = set()
-    for picked, template in EVENTS[kind].text.choices():
-        named.update(picked, (key for key, _ in template.fields))
-    assert parse_text(kind, event_text(event)) == {key: event[key] for key in named}
+    _, event, named = case
+    assert parse_text(event["event"], event_text(event)) == {key: event[key] for key in named}
 
 
 def test_every_field_type_has_samples() -> None:
@@ -93,6 +93,7 @@ def test_event_names() -> None:
         "rejected": "Rejected",
         "bad_header": "Bad Header",
         "log_error": "Log Error",
+        "log_reopen": "Log Reopen",
         "stop": "Server Stopped",
         "sent": "Message Sent",
         "reply": "Message Received",
@@ -156,7 +157,17 @@ SERVER_EVENTS = [
         "refused": 7,
         "lost": 1,
     },
-    {"event": "stop", "connections": 1, "messages": 3},
+    {
+        "event": "log_error",
+        "error": "[Errno 5] Input/output error",
+        "seconds": 0.5,
+        "refused": 3,
+        "lost": 0,
+        "left": 2,
+    },
+    {"event": "log_reopen", "state": "failed", "error": "[Errno 24] Too many open files"},
+    {"event": "log_reopen", "state": "done", "seconds": 1.5, "attempts": 3},
+    {"event": "stop", "connections": 1, "messages": 3, "refused": 2},
 ]
 
 TS = "2026-11-22 07:35:45.123456"
@@ -171,7 +182,10 @@ EVENT_TEXTS = [
     f"Timeout: {TS} - 10.1.2.3:4000 #1 - line not finished within 30 s, connection closed\n",
     f"Rejected: {TS} - 10.1.2.3:4000 #1 - server busy (limit 10), connection refused\n",
     f"Log Error: {TS} - log unavailable for 2.500000 s ([Errno 28] No space left on device): 7 messages refused, 1 other record lost\n",
-    f"Server Stopped: {TS} - 1 connection, 3 messages\n",
+    f"Log Error: {TS} - log unavailable for 0.500000 s ([Errno 5] Input/output error): 3 messages refused, 0 other records lost; up to 2 refused messages may remain above (cannot cut back)\n",
+    f"Log Reopen: {TS} - cannot open the log anew ([Errno 24] Too many open files): records go on here until a retry succeeds\n",
+    f"Log Reopen: {TS} - opened anew 1.500000 s late, after 3 failed attempts: the records in between are in the file open before\n",
+    f"Server Stopped: {TS} - 1 connection, 3 messages logged, 2 refused\n",
 ]
 
 
@@ -201,3 +215,39 @@ def test_event_texts_read_back() -> None:
         parsed = parser.parse(line.rstrip("\n").encode())
         assert parsed.pop("time") == pytest.approx(WHEN, abs=1e-6)
         assert parsed == event
+
+
+# Texts earlier versions wrote, and what they read back as.
+LEGACY_TEXTS = [
+    # Server Stopped before refused messages were counted apart ("messages": all received).
+    (
+        f"Server Stopped: {TS} - 4 connections, 302 messages",
+        {"event": "stop", "connections": 4, "messages": 302},
+    ),
+    (
+        f"Log Error: {TS} - log unavailable for 2.500000 s (disk full): 1 message refused, "
+        "0 other records lost",
+        {"event": "log_error", "error": "disk full", "seconds": 2.5, "refused": 1, "lost": 0},
+    ),
+]
+
+
+@pytest.mark.parametrize("fmt", ["event", "dash"])
+@pytest.mark.parametrize(("line", "event"), LEGACY_TEXTS, ids=["stop", "log_error"])
+def test_texts_of_earlier_versions_still_read(fmt: str, line: str, event: dict[str, Any]) -> None:
+    """A log written before a text changed reads back with the fields that text had."""
+    if fmt == "dash":
+        name, rest = line.split(": ", 1)
+        stamp, text = rest.split(" - ", 1)
+        line = f"- - - - {stamp} - [{name}] {text}"
+    parsed = RecordParser(fmt, utc=True).parse(line.encode())
+    assert parsed.pop("time") == pytest.approx(WHEN, abs=1e-6)
+    assert parsed == event
+
+
+def test_an_optional_field_has_its_words_only_when_present() -> None:
+    """``left`` is written only when some refused records may remain; its absence reads back absent."""
+    outage = {**SERVER_EVENTS[7], "time": WHEN}
+    assert b"may remain" not in event_text(outage)
+    assert b"up to 5 refused messages may remain above" in event_text({**outage, "left": 5})
+    assert "left" not in parse_text("log_error", event_text(outage))

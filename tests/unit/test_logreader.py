@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from chatlog.log import LogReader, detect, make_formatter, parse_lines, sniff_format
+from chatlog.log import (
+    TORN_MARK,
+    LogReader,
+    detect,
+    is_torn,
+    make_formatter,
+    parse_lines,
+    sniff_format,
+)
 from tests.unit.log_samples import CLIENT_EVENTS, FORMATS, SERVER_EVENTS
 
 
@@ -29,7 +37,7 @@ def write(path: Path, lines: list[bytes]) -> Path:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_reader_counts_unparseable_lines(fmt: str, tmp_path: Path) -> None:
-    """Garbage, a torn last line and a bad timestamp are counted with examples, not fatal."""
+    """Garbage and a bad timestamp are counted with examples, a torn last line as torn; not fatal."""
     formatter = make_formatter(fmt)
     good = [formatter(e) for e in SERVER_EVENTS]
     bad = [b"garbage\n", b"\xff\xfe\x00\n", good[2][:-1].replace(b"2026", b"20x6") + b"\n"]
@@ -39,9 +47,40 @@ def test_reader_counts_unparseable_lines(fmt: str, tmp_path: Path) -> None:
     events = list(reader)
     assert reader.format == fmt
     assert [e["event"] for e in events] == [e["event"] for e in SERVER_EVENTS]
-    assert reader.unparsed == 4
+    assert reader.unparsed == 3 and reader.torn == 1
     assert reader.records == len(good) + 4
-    assert [n for n, _ in reader.examples] == [2, len(good) + 2, len(good) + 3, len(good) + 4]
+    assert [n for n, _ in reader.examples] == [2, len(good) + 2, len(good) + 3]
+    assert reader.torn_lines == [len(good) + 4]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("cut", [0.5, 1.0], ids=["half", "all-but-newline"])
+def test_a_marked_torn_line_is_no_record(fmt: str, cut: float, tmp_path: Path) -> None:
+    """A line the writer marked torn is counted as torn, never read as the record it begins."""
+    formatter = make_formatter(fmt)
+    message = formatter(SERVER_EVENTS[2])
+    # Cut where a text record still parses as a shorter message: a torn
+    # record that "\n" alone would have mended into a message nobody sent.
+    fragment = message[: int((len(message) - 1) * cut)]
+    good = [formatter(e) for e in SERVER_EVENTS]
+    path = write(tmp_path / "torn.log", [good[0], fragment + TORN_MARK + b"\n", *good[1:]])
+    reader = LogReader(path)
+    events = list(reader)
+    assert [e["event"] for e in events] == [e["event"] for e in SERVER_EVENTS]
+    assert (reader.torn, reader.torn_lines, reader.unparsed) == (1, [2], 0)
+    assert reader.records == len(good) + 1
+    assert [e["event"] for e in parse_lines(path.read_bytes().split(b"\n"))] == [
+        e["event"] for e in SERVER_EVENTS
+    ]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_no_record_can_end_with_the_torn_mark(fmt: str) -> None:
+    """Whatever a client sends, even the mark itself, its record does not end like a torn line."""
+    formatter = make_formatter(fmt)
+    for msg in (TORN_MARK, b"x" + TORN_MARK, TORN_MARK.replace(b"\t", b"\\t")):
+        record = formatter({**SERVER_EVENTS[2], "msg": msg})
+        assert not is_torn(record[:-1]), record
 
 
 def test_reader_splits_on_newline_only(tmp_path: Path) -> None:

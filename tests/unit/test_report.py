@@ -18,7 +18,7 @@ import pytest
 from hdrh.histogram import HdrHistogram
 
 from chatlog import latency, report
-from chatlog.log import make_formatter
+from chatlog.log import TORN_MARK, make_formatter
 from chatlog.report.inputs import load_bench
 from chatlog.report.timeline import RttTimeline
 from tests.support.twistd import server_env
@@ -139,7 +139,11 @@ def test_report_of_a_real_run(fmt: str, chatlog_server: Any, tmp_path: Path) -> 
     assert summary["disconnections"] == {"clean": 3, "lost": 0, "closed": 1, "without_connect": 0}
     assert summary["limits"]["line_too_long"] == 1
     assert summary["limits"]["rejected"] == {"too many connections from this address": 1}
-    assert summary["server_runs"]["reported_at_stop"] == {"connections": 4, "messages": total}
+    assert summary["server_runs"]["reported_at_stop"] == {
+        "connections": 4,
+        "messages": total,
+        "refused": 0,
+    }
     assert summary["unparsed"]["count"] == 0
 
     got = summary["client"]
@@ -222,7 +226,13 @@ def synthetic_run(conns: int, per_conn: int, start: float = 1795000000.0) -> lis
             }
         )
     events.append(
-        {"event": "stop", "time": now, "connections": conns, "messages": conns * per_conn}
+        {
+            "event": "stop",
+            "time": now,
+            "connections": conns,
+            "messages": conns * per_conn,
+            "refused": 0,
+        }
     )
     return events
 
@@ -263,6 +273,67 @@ def test_unparseable_records_are_reported_not_fatal(tmp_path: Path, capsys: Any)
         "connections.png",
         "messages_per_second.png",
     ]
+
+
+def test_torn_lines_and_outages_are_reported_apart(tmp_path: Path, capsys: Any) -> None:
+    """A torn line is no message and no garbage; refused messages and failed reopens are counted."""
+    events = synthetic_run(2, 3)
+    stop = events.pop()
+    events += [
+        {
+            "event": "log_error",
+            "time": stop["time"],
+            "error": "EIO",
+            "seconds": 1.0,
+            "refused": 4,
+            "lost": 1,
+            "left": 2,
+        },
+        {"event": "log_reopen", "time": stop["time"], "state": "failed", "error": "EMFILE"},
+        {**stop, "refused": 4},
+    ]
+    path = write_events(tmp_path / "chatlog.log", "event", events)
+    lines = path.read_bytes().split(b"\n")
+    message = next(line for line in lines if line.startswith(b"Message Received"))
+    lines.insert(3, message[:-3] + TORN_MARK)
+    path.write_bytes(b"\n".join(lines))
+    out = tmp_path / "out"
+    assert report.main([str(path), "-o", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["messages"]["total"] == 6
+    assert (summary["torn"], summary["unparsed"]["count"]) == (1, 0)
+    assert summary["files"][0]["torn"] == 1
+    assert summary["limits"]["log_error"] == {
+        "events": 1,
+        "refused": 4,
+        "lost": 1,
+        "left": 2,
+        "seconds": 1.0,
+    }
+    assert summary["limits"]["log_reopen"]["failed"] == 1
+    assert summary["server_runs"]["reported_at_stop"] == {
+        "connections": 2,
+        "messages": 6,
+        "refused": 4,
+    }
+    table = capsys.readouterr().out
+    assert "up to 2 refused left in the log" in table and "failed log reopens" in table
+
+
+def test_a_stop_record_of_an_earlier_version_is_read(tmp_path: Path) -> None:
+    """A Server Stopped record without refused (an earlier version's) still counts its messages."""
+    events = synthetic_run(2, 3)
+    stop = events.pop()
+    path = write_events(tmp_path / "chatlog.log", "event", events)
+    with open(path, "ab") as f:
+        f.write(b"Server Stopped: 2026-11-22 07:35:45.123456 - 2 connections, 6 messages\n")
+    summary = report.build_report([path]).summary
+    assert summary["unparsed"]["count"] == 0
+    assert summary["server_runs"]["reported_at_stop"] == {
+        "connections": stop["connections"],
+        "messages": 6,
+        "refused": 0,
+    }
 
 
 def test_missing_file_is_an_error(tmp_path: Path, capsys: Any) -> None:
