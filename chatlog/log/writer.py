@@ -336,16 +336,10 @@ class LogWriter:
             waiter.logWritten(ok)
 
     def _write_batch(self, records: list[bytes], messages: int, others: int) -> bool:
-        # What goes before the batch's own records: the end of a torn line,
-        # then, after an outage, what the outage cost.
-        lead: list[bytes] = []
-        if self._torn:
-            lead.append(TORN_MARK + b"\n")
-        if self.failing_since is not None:
-            lead.append(self._outage_record())
-        own = sum(map(len, lead))
-        if lead:
-            records[:0] = lead
+        own = 0  # where the batch's own records begin in ``data``
+        if self._torn or self.failing_since is not None:
+            records[:0] = lead = self._lead()
+            own = sum(map(len, lead))
         data = b"".join(records)
         started = time.perf_counter()
         written = 0
@@ -369,6 +363,13 @@ class LogWriter:
         if self.on_batch is not None:
             self.on_batch(len(data), time.perf_counter() - started)
         return True
+
+    def _lead(self) -> list[bytes]:
+        """What goes before a batch: the end of a torn line, then what an outage cost."""
+        lead = [TORN_MARK + b"\n"] if self._torn else []
+        if self.failing_since is not None:
+            lead.append(self._outage_record())
+        return lead
 
     def _write_failed(
         self, error: OSError, written: int, data: bytes, own: int, messages: int, others: int
