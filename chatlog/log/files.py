@@ -112,14 +112,12 @@ def ends_mid_line(fd: int) -> bool:
         return False
 
 
-def cut_back(fd: int, count: int, sync: bool) -> None:
-    """Remove the last ``count`` bytes of the file (and ``fdatasync`` that, with ``sync``).
+def cut_back(fd: int, count: int) -> None:
+    """Remove the last ``count`` bytes of the file.
 
     The writer is the only one appending to its file, so the bytes a failed
     batch got out are the last ``count``.  Raises :class:`OSError` when the
-    file cannot be cut (EIO, a device) or the cut cannot be made durable.
+    file cannot be cut (EIO, a device).
     """
     end = os.lseek(fd, 0, os.SEEK_END)
     os.ftruncate(fd, end - count)
-    if sync:
-        os.fdatasync(fd)

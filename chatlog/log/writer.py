@@ -379,16 +379,22 @@ class LogWriter:
         self.messages_refused += messages
         self.records_lost += others
         self.last_error = str(error)
-        if written and not self._take_back(written):
+        cut = durable = True
+        if written:
+            cut, durable = self._take_back(written)
+        if not cut:
             if self.failing_since is not None and written >= own:
                 # The Log Error record that led this batch is in the file and
                 # tells the outage so far: the next one tells only the rest.
                 self.failing_since = self.clock.seconds()
                 self._refused = self._lost = self._left = 0
+            self._torn = data[written - 1 : written] != b"\n"
+        if not durable:
+            # Its whole records stay in the file, or (cut, but the cut not
+            # synced) may come back after a power cut.
             left = min(messages, data[own:written].count(b"\n"))
             self._left += left
             self.refused_left += left
-            self._torn = data[written - 1 : written] != b"\n"
         self._refused += messages
         self._lost += others
         if self.failing_since is None:
@@ -400,26 +406,37 @@ class LogWriter:
                 error=self.last_error,
             )
 
-    def _take_back(self, written: int) -> bool:
-        """Cut off the part of a failed batch that did reach the file; whether that worked.
+    def _take_back(self, written: int) -> tuple[bool, bool]:
+        """Cut off the part of a failed batch that did reach the file: (cut, and durably).
 
         Its messages are answered ``ERROR log unavailable``, so their records
         must not stay (a client that retries would be logged twice), and a
         half-written record would break "one record per line".  Standard
         output is never cut (others may write there too), nor a device.
+        With ``fsync`` the cut is synced too, or refused records could come
+        back after a power cut.
         """
         if not self._cuttable or self.fd is None:
-            return False
+            return False, False
         try:
-            cut_back(self.fd, written, self.fsync)
+            cut_back(self.fd, written)
         except OSError as error:
-            log.error(
-                "chatlog: cannot cut refused records back off log {path}: {error}",
-                path=self.path,
-                error=str(error),
-            )
-            return False
-        return True
+            self._cut_failed(error)
+            return False, False
+        if self.fsync:
+            try:
+                os.fdatasync(self.fd)
+            except OSError as error:
+                self._cut_failed(error)
+                return True, False
+        return True, True
+
+    def _cut_failed(self, error: OSError) -> None:
+        log.error(
+            "chatlog: cannot cut refused records back off log {path}: {error}",
+            path=self.path,
+            error=str(error),
+        )
 
     def _outage_record(self) -> bytes:
         assert self.failing_since is not None

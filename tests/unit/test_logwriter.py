@@ -403,6 +403,48 @@ def test_failed_fdatasync_and_cut_back_say_every_refused_may_remain(
     assert records[3].endswith(b"up to 3 refused messages may remain above (cannot cut back)")
 
 
+def test_a_cut_back_that_cannot_be_synced_is_said_not_marked(
+    tmp_path: Path, clock: Clock, disk: Disk, monkeypatch
+) -> None:
+    """--fsync, part of a batch written, cut back but not synced: said to remain, no torn mark."""
+    path = tmp_path / "chat.log"
+    writer = writer_for(path, clock, fsync=True)
+    monkeypatch.setattr(os, "fdatasync", eio)
+    disk.space = 30  # part of the first record, then ENOSPC
+    writer(message(1))
+    writer(message(2))
+    writer.flush()
+    assert path.read_bytes() == b""  # cut back, though the cut is not on disk for sure
+    assert (writer.messages_refused, writer.refused_left) == (2, 0)
+    disk.space = None
+    monkeypatch.setattr(os, "fdatasync", lambda fd: None)
+    writer(message(3))
+    writer.flush()
+    records = path.read_bytes().split(b"\n")
+    assert records[0].startswith(b"Log Error: ") and records[1].endswith(b"#1 - m3")
+    assert records[2:] == [b""]
+
+
+def test_whole_records_cut_back_but_not_synced_may_come_back(
+    tmp_path: Path, clock: Clock, monkeypatch
+) -> None:
+    """--fsync, a whole batch written, its fdatasync and the cut's fail: it may remain, says Log Error."""
+    path = tmp_path / "chat.log"
+    writer = writer_for(path, clock, fsync=True)
+    monkeypatch.setattr(os, "fdatasync", eio)
+    writer(message(1))
+    writer.flush()
+    assert path.read_bytes() == b"" and writer.refused_left == 1
+    monkeypatch.setattr(os, "fdatasync", lambda fd: None)
+    writer(message(2))
+    writer.flush()
+    first = path.read_bytes().split(b"\n")[0]
+    assert first.endswith(
+        b"1 message refused, 0 other records lost; "
+        b"up to 1 refused message may remain above (cannot cut back)"
+    )
+
+
 def test_outage_record_left_in_the_file_is_not_told_twice(
     tmp_path: Path, clock: Clock, disk: Disk, monkeypatch
 ) -> None:
