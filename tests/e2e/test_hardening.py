@@ -4,8 +4,10 @@ One test per guarantee: a reply only after its record is in the log (ack
 implies logged), every acknowledged message logged exactly once, limits and
 timeouts answered with an error and an event, bounded memory under
 backpressure, fairness under a flood, every reply after a half-close, SIGTERM
-flushing, SIGHUP rotation, a full disk refused and recovered, no acknowledged
-message lost to ``kill -9``, and 10,000 connections held.  Each runs the
+flushing, SIGHUP rotation, a full disk refused and recovered (the log holding
+exactly the acknowledged messages, none of the refused), no acknowledged
+message lost to ``kill -9`` (at a random moment, and inside a log write that
+it tears, for real), and 10,000 connections held.  Each runs the
 server on loopback ``tcp:0``, waits for events (replies, log lines, twistd's
 own output) rather than sleeping, and reads the log as bytes split on
 ``b"\\n"``.  Figures (RSS per connection, round trips) are printed: run with
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import tear
 from tests.support.clients import REPLY, LineClient
 from tests.support.connections import close_all, open_many, ping_all
 from tests.support.load import Load, flood, flood_until_blocked
@@ -338,6 +341,13 @@ def test_flood_of_tiny_lines_does_not_starve_others(chatlog_server) -> None:
         probe_rtt_ms={k: round(v, 2) for k, v in stats.items()},
     )
     assert flood_rate > 20_000, "the flood did not really flood"
+    # Each of the flood's reads holds ~32,000 lines.  Handled 250 per turn,
+    # the probe waits for 250 of them: median 0.10-0.27 ms measured here.
+    # Handled a whole read per turn, every probe waits for at least one such
+    # turn: min 3.5 ms, median 7-13 ms, p99 35-77 ms measured with the cap
+    # raised to 100,000.  The median is the figure that tells them apart
+    # whatever a loaded machine adds to the tail.
+    assert stats["p50"] < 2, f"probe median {stats['p50']:.2f} ms while another client floods"
     assert stats["p99"] < 100, f"probe p99 {stats['p99']:.1f} ms while another client floods"
 
 
@@ -432,10 +442,26 @@ def _fill(path: Path) -> int:
 
 
 def test_disk_full_refuses_then_recovers(small_tmpfs: Path, chatlog_server) -> None:
-    """Disk full: ERROR log unavailable for each message, server lives; space back: acks and Log Error."""
+    """Disk full: refused messages get ERROR and stay out of the log; acked ones are in it, once.
+
+    The log's messages are compared with what the clients were told, whole:
+    the acknowledged ones, in order, and not one of those answered ``ERROR
+    log unavailable`` (a refused batch that partly reached the file must be
+    taken back, not left as a torn record or retried later).
+    """
     log_path = small_tmpfs / "chatlog.log"
     server = chatlog_server(logfile=str(log_path))
-    acked, errors = [], 0
+    acked: list[bytes] = []
+    refused: list[bytes] = []
+
+    def answer(messages: list[bytes], replies: list[bytes]) -> None:
+        for message, reply in zip(messages, replies, strict=True):
+            if reply == REPLY + message:
+                acked.append(message)
+            else:
+                assert reply == b"ERROR log unavailable", reply
+                refused.append(message)
+
     with LineClient(server.address) as client:
         client.round_trip(b"before-full")
         acked.append(b"before-full")
@@ -445,23 +471,21 @@ def test_disk_full_refuses_then_recovers(small_tmpfs: Path, chatlog_server) -> N
         for i in range(200):
             message = b"while-full-%d" % i
             client.send(message + b"\n")
-            reply = client.line()
-            if reply == REPLY + message:
-                acked.append(message)
-                continue
-            assert reply == b"ERROR log unavailable", reply
-            errors += 1
-            break
-        assert errors == 1, "the full disk never refused a message"
+            answer([message], [client.line()])
+            if refused:
+                break
+        assert refused, "the full disk never refused a message"
         server.wait_output(b"cannot write log")
-        # Every message now gets the error, one per line, also on a new connection.
-        client.send(b"".join(b"refused-%d\n" % i for i in range(20)))
-        assert client.lines(20) == [b"ERROR log unavailable"] * 20
-        errors += 20
+        # Every message now gets the error, one per line, also on a new connection;
+        # a burst is one batch larger than any room left, so part of it reaches the file.
+        burst = [b"refused-%d-%s" % (i, b"r" * 100) for i in range(40)]
+        client.send(b"".join(m + b"\n" for m in burst))
+        replies = client.lines(len(burst))
+        assert replies == [b"ERROR log unavailable"] * len(burst)
+        answer(burst, replies)
         with LineClient(server.address) as late:
             late.send(b"late-1\nlate-2\n")
-            assert late.lines(2) == [b"ERROR log unavailable"] * 2
-            errors += 2
+            answer([b"late-1", b"late-2"], late.lines(2))
         assert server.proc.poll() is None
         filler.unlink()
         for i in range(20):
@@ -469,14 +493,27 @@ def test_disk_full_refuses_then_recovers(small_tmpfs: Path, chatlog_server) -> N
             client.round_trip(message)
             acked.append(message)
     assert server.stop() == -signal.SIGTERM
+    data = log_path.read_bytes()
+    assert data.endswith(b"\n"), f"the log ends mid-record: {data[-80:]!r}"
     records = read_records(log_path)
+    allowed = {b"Server Started", b"Connection", b"Message Received", b"Disconnection",
+               b"Log Error", b"Server Stopped"}  # fmt: skip
+    odd = [r for r in records if kinds([r])[0] not in allowed]
+    assert not odd, f"records that are no event (torn or glued): {odd[:3]!r}"
+    logged = [text for text in map(message_text, records) if text is not None]
+    assert logged == acked, (
+        f"logged {len(logged)} messages, acknowledged {len(acked)}; refused but logged: "
+        f"{[m for m in logged if m in refused][:3]!r}"
+    )
+    assert not set(refused) & set(logged)
+    # Refused: the first message the full disk met, the burst, the late pair.
+    assert len(refused) == 1 + len(burst) + 2
     outage = [r for r in records if r.startswith(b"Log Error: ")]
     assert len(outage) == 1, outage
-    assert b"%d messages refused" % errors in outage[0], outage[0]
+    assert b"%d messages refused" % len(refused) in outage[0], outage[0]
     first_after = next(i for i, r in enumerate(records) if message_text(r) == b"after-0")
     assert records.index(outage[0]) < first_after
     assert records[-1].startswith(b"Server Stopped: ")
-    assert_exactly_once(acked, log_path)
 
 
 def test_dev_full_refuses_every_message(chatlog_server) -> None:
@@ -493,48 +530,94 @@ def test_dev_full_refuses_every_message(chatlog_server) -> None:
     assert server.stop() == -signal.SIGTERM
 
 
-@pytest.mark.parametrize("torn", [False, True], ids=["clean-end", "torn-end"])
-def test_kill9_loses_no_ack_and_restart_mends(chatlog_server, torn: bool) -> None:
-    """kill -9 under load: every ack is logged; a restart starts Server Started on a fresh line."""
+def _restart_mends(chatlog_server, log_path: Path, before: bytes) -> list[bytes]:
+    """Restart on the same log: what was there stays, and ``Server Started`` begins a fresh line.
+
+    Returns the records after the restart's stop.
+    """
+    again = chatlog_server()  # the same directory, so the same log file
+    assert again.log_path == log_path
+    with LineClient(again.address) as client:
+        client.round_trip(b"after restart")
+    assert again.stop() == -signal.SIGTERM
+    after = again.log_bytes()
+    assert after.startswith(before), "the restart rewrote what was there"
+    # A torn last line is ended (it may be marked as torn, on the same line);
+    # a whole one is left as it is.  Either way Server Started begins a line.
+    ending, newline, following = after[len(before) :].partition(b"\n")
+    if before.endswith(b"\n"):
+        following, ending = after[len(before) :], b""
+    else:
+        assert newline, "the torn line was never ended"
+    assert following.startswith(b"Server Started: "), after[len(before) - 20 :][:160]
+    records = again.records()
+    start = max(i for i, r in enumerate(records) if r.startswith(b"Server Started: "))
+    last_line = (before[:-1] if before.endswith(b"\n") else before).rsplit(b"\n", 1)[-1]
+    assert records[start - 1] == last_line + ending
+    return records
+
+
+def test_kill9_loses_no_ack_and_restart_mends(chatlog_server) -> None:
+    """kill -9 at a random moment under load: every ack logged once; a restart starts on a fresh line."""
     server = chatlog_server()
     load = Load(server.address, connections=8, pipeline=16, tag="crash")
     load.start()
     load.wait_acked(3000)
     assert server.stop(signal.SIGKILL) == -signal.SIGKILL
     load.finish()
-    counts = logged_messages(server.log_path)
-    missing = [m for m in load.acked if counts[m] == 0]
-    assert not missing, f"{len(missing)} acknowledged messages lost in the crash: {missing[:3]!r}"
     before = server.log_path.read_bytes()
-    # SIGKILL can cut a write(2) of a big batch short (the kernel checks for a
-    # fatal signal between pages): a torn, never acknowledged, last line is allowed.
+    # The kill may land inside a write(2) of a big batch (the kernel checks for
+    # a fatal signal between pages): a torn, never acknowledged, last line is allowed.
     killed_mid_record = not before.endswith(b"\n")
-    if torn:
-        with open(server.log_path, "ab") as log:
-            log.write(b"partial")
-        before += b"partial"
-    again = chatlog_server()  # the same directory, so the same log file
-    with LineClient(again.address) as client:
-        client.round_trip(b"after restart")
-    assert again.stop() == -signal.SIGTERM
-    after = again.log_bytes()
-    assert after.startswith(before), "the restart rewrote what was there"
-    separator = b"" if before.endswith(b"\n") else b"\n"
-    assert after[len(before) :].startswith(separator + b"Server Started: "), after[
-        len(before) - 20 :
-    ][:120]
-    records = again.records()
-    start = max(i for i, r in enumerate(records) if r.startswith(b"Server Started: "))
-    last_line = (before[:-1] if before.endswith(b"\n") else before).rsplit(b"\n", 1)[-1]
-    assert records[start - 1] == last_line
-    if torn:
-        assert last_line.endswith(b"partial")
+    _restart_mends(chatlog_server, server.log_path, before)
+    assert_exactly_once([*load.acked, b"after restart"], server.log_path)
+    figures("kill-9", acked=len(load.acked), kill_tore_last_record=killed_mid_record)
+
+
+@pytest.mark.skipif(not tear.available(), reason="the write is torn with ptrace on x86-64 Linux")
+def test_kill9_inside_a_log_write_tears_and_restart_mends(chatlog_server) -> None:
+    """kill -9 while write(2) copies a batch: the torn line is never acked; a restart ends it."""
+    server = chatlog_server()
+    pid = server.serving_pid()
+    assert pid == server.proc.pid, "ptrace needs the server itself as this test's child"
+    load = Load(server.address, connections=8, pipeline=32, tag="torn", size=100)
+    load.start()
+    load.wait_acked(2000)
+    cut = tear.kill_mid_write(pid, server.log_path)
+    assert server.proc.wait(timeout=10) == -signal.SIGKILL
+    load.finish()
+    before = server.log_path.read_bytes()
+    # The kernel wrote part of the batch and the process died inside the call.
+    assert 0 < cut.written < cut.count and len(before) == cut.offset + cut.written, cut
+    assert not before.endswith(b"\n"), "the kill did not tear the last record"
+    torn = before.rsplit(b"\n", 1)[1]
+    records = _restart_mends(chatlog_server, server.log_path, before)
+    # Every acknowledged message is there once; the torn record is none of them
+    # (load messages end with 100 "p", a torn one cannot).
+    assert_exactly_once([*load.acked, b"after restart"], server.log_path)
+    assert not any(torn.endswith(b" - " + m) for m in load.acked), torn
+    # Apart from the torn line, every record is whole: nothing glued to it.
+    whole = [r for r in records if not r.startswith(torn)]
+    assert all(r.split(b": ", 1)[0] in _TEXT_EVENTS for r in whole), [
+        r[:60] for r in whole if r.split(b": ", 1)[0] not in _TEXT_EVENTS
+    ][:3]
     figures(
-        "kill-9",
+        "kill-9-mid-write",
         acked=len(load.acked),
-        logged=sum(counts.values()),
-        kill_tore_last_record=killed_mid_record,
+        batch_bytes=cut.count,
+        written_before_kill=cut.written,
+        torn_record=torn[:60],
     )
+
+
+#: The event names a normal run writes (event format).
+_TEXT_EVENTS = {
+    b"Server Started",
+    b"Connection",
+    b"Message Received",
+    b"Disconnection",
+    b"Server Stopped",
+}
 
 
 # -- many connections --------------------------------------------------------------------
@@ -584,7 +667,11 @@ def test_ten_thousand_connections_held(chatlog_server) -> None:
         rss_after_close_mib=round(after / 1024, 1),
         bytes_per_connection=int(per_conn),
     )
-    assert per_conn < 8 * 1024, f"{per_conn:.0f} bytes of server RSS per connection"
+    # README says 1.7-1.9 KiB a connection; measured here 1,859-1,914 bytes
+    # (peak during the ping) over five runs, a 3% spread.  2.25 KiB leaves 20%
+    # over the highest: room for allocator noise, not for a per-connection
+    # buffer or timer that a regression would add.
+    assert per_conn < 2.25 * 1024, f"{per_conn:.0f} bytes of server RSS per connection"
     assert server.stop() == -signal.SIGTERM
     counts = logged_messages(server.log_path)
     assert sum(1 for m in counts if m.startswith(b"held-")) == MANY

@@ -10,4 +10,6 @@
 - :mod:`~tests.support.stats`: percentiles of measured round trips.
 - :mod:`~tests.support.certs`: a throwaway self-signed certificate for ``ssl:`` endpoints.
 - :mod:`~tests.support.delayproxy`: a proxy that holds replies a known time.
+- :mod:`~tests.support.syscalls`: a running server's system calls, watched with strace.
+- :mod:`~tests.support.tear`: kill -9 a server inside a log write (ptrace), for a real torn line.
 """

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from chatlog.server.command import twistd_command
@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(rb"listening on (\S+):(\d+), logging to")
 
 
-def server_env() -> dict[str, str]:
-    """The environment for a server: the checkout first on the path."""
-    env = dict(os.environ)
+def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a server: the checkout first on the path, plus ``extra`` (e.g. ``TZ``)."""
+    env = {**os.environ, **(extra or {})}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
@@ -120,8 +120,12 @@ def start_server(
     logfile: str = "chatlog.log",
     twistd_options: Sequence[str] = ("-n", "--pidfile="),
     timeout: float = 20.0,
+    env: Mapping[str, str] | None = None,
 ) -> RunningServer:
-    """Start ``twistd -n chatlog --port PORT --logfile LOGFILE OPTIONS``; wait until it listens."""
+    """Start ``twistd -n chatlog --port PORT --logfile LOGFILE OPTIONS``; wait until it listens.
+
+    ``env`` adds to (or overrides) the server's environment.
+    """
     log_path = workdir / logfile
     cmd = [
         *twistd_command(),
@@ -133,13 +137,19 @@ def start_server(
         str(log_path),
         *options,
     ]
-    return launch(cmd, workdir, log_path, timeout)
+    return launch(cmd, workdir, log_path, timeout, env)
 
 
-def launch(cmd: list[str], cwd: Path, log_path: Path, timeout: float = 20.0) -> RunningServer:
+def launch(
+    cmd: list[str],
+    cwd: Path,
+    log_path: Path,
+    timeout: float = 20.0,
+    env: Mapping[str, str] | None = None,
+) -> RunningServer:
     """Run a whole twistd command line in the foreground and wait until it listens."""
     proc = subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=server_env()
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=server_env(env)
     )
     server = RunningServer(proc, "", 0, log_path)
     assert proc.stdout is not None
