@@ -31,6 +31,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 import chatlog
@@ -165,6 +166,9 @@ class ChatlogService(service.Service):
         # Replies already due go out before the connections are closed.
         stopped.addCallback(lambda _: self.writer.flush())
         stopped.addCallback(lambda _: self.factory.closeAll())
+        # closeAll fires when the last connection forgets itself, just before
+        # it stages its Disconnection record: a turn later, that is staged too.
+        stopped.addCallback(lambda _: deferLater(self.reactor, 0, lambda: None))
         stopped.addCallback(self._write_stopped)
         return stopped
 
