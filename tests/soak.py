@@ -14,8 +14,12 @@ Scenarios: ``load`` (sustained closed-loop load, RSS over time, exactly once),
 ``rotate`` (SIGHUP every few seconds under load), ``crash`` (repeated kill -9
 and restart on the same log), ``fair`` (a long tiny-line flood against a probe),
 ``held`` (10,000 connections held for a minute, pinged every 10 s), ``churn``
-(100 rounds of 1,000 connections opened and closed).  Exit status 1 if any
-check failed.
+(100 rounds of 1,000 connections opened and closed), ``powercut`` (200 power
+cuts under load with ``--fsync`` on a filesystem that forgets what was not
+synced, then 20 without it, with what each cut took), ``faults`` (100 separate
+log outages under load made with strace: failed writes, then failed
+``fdatasync`` under ``--fsync``).  Exit status 1 if any check failed; a
+scenario whose tools are missing here says so and is skipped.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.support import powercut_fs, strace
 from tests.support.clients import LineClient
 from tests.support.connections import close_all, open_many, ping_all
 from tests.support.load import Load, flood
@@ -280,6 +285,95 @@ def soak_churn(workdir: Path) -> bool:
     return growth < 2048
 
 
+def soak_powercut(workdir: Path) -> bool:
+    """Power cuts under load: with --fsync no ack lost; without it, what each cut takes."""
+    reason = powercut_fs.unavailable()
+    if reason:
+        say("powercut", skipped=reason)
+        return True
+    cuts, default_cuts = int(scaled(200)) or 1, int(scaled(20)) or 1
+    seed = int(time.time())
+    with powercut_fs.PowercutMount(workdir / "fsync", workdir / "disk-fsync") as disk:
+        kept = powercut_fs.run_cuts(disk, workdir, cuts, fsync=True, seed=seed, partial=True)
+    with powercut_fs.PowercutMount(workdir / "default", workdir / "disk-default") as disk:
+        lost = powercut_fs.run_cuts(disk, workdir, default_cuts, fsync=False, seed=seed)
+    acked = sum(a for a, *_ in lost.cuts)
+    taken = [m for _, m, *_ in lost.cuts]
+    say(
+        "powercut --fsync",
+        cuts=len(kept.cuts),
+        acked=len(kept.acked),
+        acks_per_fdatasync=round(len(kept.acked) / max(1, kept.syncs.get("fsyncs", 0)), 1),
+        torn_lines_left=kept.torn,
+        problems=kept.problems[:3] or "none",
+    )
+    say(
+        "powercut default",
+        cuts=len(lost.cuts),
+        acked=acked,
+        lost=sum(taken),
+        lost_per_cut=taken,
+        seconds_per_run=[round(s, 2) for *_, s, _ in lost.cuts],
+        fdatasyncs=lost.syncs.get("fsyncs"),
+        problems=lost.problems[:3] or "none",
+        seed=seed,
+    )
+    return not kept.problems and not lost.problems
+
+
+def soak_faults(workdir: Path) -> bool:
+    """Many separate log outages under load, made with strace: every ack once, refusals owned."""
+    reason = strace.unavailable()
+    if reason:
+        say("faults", skipped=reason)
+        return True
+    outages = int(scaled(50)) or 1
+    ok = True
+    cases = [
+        ("write EIO", strace.Fault("write", "EIO", f"20..{20 + 40 * (outages - 1)}+40"), ()),
+        (
+            "fdatasync EIO",
+            strace.Fault("fdatasync", "EIO", f"20..{20 + 40 * (outages - 1)}+40"),
+            ("--fsync",),
+        ),
+    ]
+    for name, fault, options in cases:
+        where = workdir / name.replace(" ", "-")
+        where.mkdir()
+        started = time.monotonic()
+        with strace.traced_server(where, [fault], *options) as (server, trace):
+            load = Load(server.address, connections=16, pipeline=8, tag="f", size=8)
+            load.start()
+            server.wait_output_count(b"chatlog: log ", outages, timeout=scaled(600) + 60)
+            load.wait_acked(len(load.acked) + 1000, timeout=60)
+            load.finish(30)
+            strace.stop_traced(server)
+        elapsed = time.monotonic() - started
+        failed = strace.injected(trace)
+        try:
+            found = strace.check_refusals(server.log_path, load.acked, load.errors)
+            problem = ""
+        except AssertionError as error:
+            found, problem = [], str(error)[:300]
+        good = (
+            not problem
+            and len(found) == outages
+            and sum(o.refused for o in found) == len(load.errors)
+        )
+        ok = ok and good
+        say(
+            f"faults {name}",
+            outages=len(found),
+            injected=dict(failed),
+            acked=len(load.acked),
+            refused=len(load.errors),
+            left=sum(o.left for o in found),
+            seconds=round(elapsed, 1),
+            problem=problem or "none",
+        )
+    return ok
+
+
 SCENARIOS: dict[str, Callable[[Path], bool]] = {
     "load": soak_load,
     "rotate": soak_rotate,
@@ -287,6 +381,8 @@ SCENARIOS: dict[str, Callable[[Path], bool]] = {
     "fair": soak_fair,
     "held": soak_held,
     "churn": soak_churn,
+    "powercut": soak_powercut,
+    "faults": soak_faults,
 }
 
 
