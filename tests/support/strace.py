@@ -39,7 +39,6 @@ from chatlog.server.command import twistd_command
 from tests.support.logfile import logged_messages, read_records
 from tests.support.process import children, wait_gone
 from tests.support.twistd import RunningServer, launch
-from tests.support.waiting import wait_until
 
 #: A ``Log Error`` record (event format): the error, refused, lost, and the
 #: refused that may remain when the writer could not cut them back.
@@ -171,11 +170,6 @@ def check_refusals(log_path: Path, acked: list[bytes], refused: list[bytes]) -> 
         pass
     assert (reader.unparsed, reader.torn) == (0, 0), (reader.examples, reader.torn_lines)
     return found
-
-
-def traced_pid(server: RunningServer) -> int:
-    """The server's own pid: strace's child (``server.proc`` is strace)."""
-    return int(wait_until(lambda: children(server.proc.pid), 10, "the traced twistd")[0])
 
 
 def stop_traced(server: RunningServer, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
