@@ -171,11 +171,6 @@ def test_stop_answers_a_client_it_had_stopped_reading(chatlog_server) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the Disconnection record of the last connection to close at a "
-    "stop is staged after Server Stopped closed the log, and lost",
-)
 def test_stop_records_every_open_connection_closed(chatlog_server) -> None:
     """Connections open at a stop each get a Disconnection record ('closed') before Server Stopped."""
     server = chatlog_server()
