@@ -2,7 +2,10 @@
 
 Every listening socket comes from a Twisted endpoint, so every endpoint
 string works the same way (``tcp:``, ``tcp6:``, ``ssl:``, ``unix:``,
-``haproxy:`` in front of any of them):
+``haproxy:`` in front of any of them).  For ``haproxy:`` the endpoint is the
+one after the prefix (:func:`listening_description`): chatlog reads the
+PROXY header itself, strictly (:mod:`chatlog.server.proxy`), rather than
+through Twisted's ``proxyEndpoint`` wrapper.
 
 - one process: ``serverFromString(reactor, description)``;
 - ``--workers N``, the first process: :class:`SharedPortEndpoint` binds N
@@ -11,34 +14,52 @@ string works the same way (``tcp:``, ``tcp6:``, ``ssl:``, ``unix:``,
   evenly over the sockets; one shared socket would let whichever process
   wakes first accept a whole burst);
 - ``--workers N``, worker ``i``: :func:`inherited_endpoint` serves the socket
-  it was handed as a file descriptor (``AdoptedStreamServerEndpoint``,
-  wrapped by ``proxyEndpoint`` for an ``haproxy:`` port).
+  it was handed as a file descriptor (``AdoptedStreamServerEndpoint``).
 
 :func:`listen_now` listens on any of them at once, or ends startup with one
-clear line (port in use, no permission).
+clear line (port in use, no permission); for chatlog's own connections it
+puts an :class:`AcceptGuard` on the port, which stops accepting while no
+file descriptor is free rather than let Twisted accept and drop clients.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.protocols.haproxy import proxyEndpoint
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatlog.server.errors import fail
+from chatlog.server.factory import ChatFactory
+from chatlog.server.proxy import PROXY_PREFIX
+
+log = Logger()
 
 #: The endpoint kinds --workers can share: TCP, possibly behind a PROXY header.
 SHAREABLE = "a tcp:, tcp6: or haproxy:tcp: port"
 
 
+def listening_description(description: str) -> str:
+    """The endpoint that really listens: ``haproxy:tcp:5000`` listens on ``tcp:5000``."""
+    if description.startswith(PROXY_PREFIX):
+        return description[len(PROXY_PREFIX) :]
+    return description
+
+
 def listen_now(endpoint: IStreamServerEndpoint, description: str, factory: Any) -> IListeningPort:
-    """Listen on ``endpoint`` at once, or fail startup with one clear line naming ``description``."""
+    """Listen on ``endpoint`` at once, or fail startup with one clear line naming ``description``.
+
+    A port of chatlog's connections (a :class:`ChatFactory`) gets an
+    :class:`AcceptGuard`.
+    """
     outcome: list[Any] = []
     endpoint.listen(factory).addBoth(outcome.append)
     if not outcome:
@@ -50,7 +71,110 @@ def listen_now(endpoint: IStreamServerEndpoint, description: str, factory: Any) 
         reason = getattr(problem, "socketError", None) or problem
         fail(f"cannot listen on {description}: {reason}")
     port: IListeningPort = outcome[0]
+    if isinstance(factory, ChatFactory):
+        AcceptGuard.install(port, factory)
     return port
+
+
+#: Descriptors kept free for what is not a client: a log reopened on SIGHUP,
+#: a metrics scrape, a worker's pipe.
+SPARE_DESCRIPTORS = 8
+
+
+def _descriptors_in_use() -> int | None:
+    """How many file descriptors this process has open (None where /proc cannot say)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir used
+    except OSError:
+        return None
+
+
+class AcceptGuard:
+    """Keeps a listening port from accepting while no file descriptor is free.
+
+    When ``accept(2)`` fails with EMFILE, Twisted's ``tcp.Port.doRead``
+    closes a descriptor it keeps in reserve, accepts every connection
+    waiting in the backlog and closes each at once: the clients get neither
+    a reply nor a record, only a line on twistd's log.  The guard wraps the
+    port's ``doRead`` so that it never gets there: each round of accepts is
+    limited (the port's public ``numberAccepts``) to the descriptors free
+    under the open-file limit, less :data:`SPARE_DESCRIPTORS`; with none
+    free, the port stops reading and waiting clients stay in the backlog
+    until a connection closes, when it starts again.  Both are said once on
+    twistd's log.
+
+    Descriptors are counted as those open when the guard started plus the
+    factory's sockets, and counted exactly (``/proc/self/fd``) when that
+    estimate comes near the limit, so the cost is only paid there.
+    """
+
+    def __init__(self, port: Any, factory: ChatFactory, limit: int) -> None:
+        self.port = port
+        self.factory = factory
+        self.limit = limit
+        self.paused = False
+        self._accept: Callable[[], object] = port.doRead
+        self._others = 0
+        self._recount()
+
+    @classmethod
+    def install(
+        cls, port: object, factory: ChatFactory, limit: int | None = None
+    ) -> AcceptGuard | None:
+        """Guard ``port`` if it accepts (a TCP or UNIX ``Port``) and /proc can count.
+
+        ``limit`` is the open-file limit (by default, this process's own).
+        """
+        if limit is None:
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if (
+            not isinstance(getattr(port, "numberAccepts", None), int)
+            or not callable(getattr(port, "doRead", None))
+            or limit == resource.RLIM_INFINITY
+            or _descriptors_in_use() is None
+        ):
+            return None
+        guard = cls(port, factory, limit)
+        # The reactor calls the port's doRead when connections wait: an
+        # instance attribute takes the place of the class's method.
+        port.doRead = guard.doRead  # type: ignore[attr-defined]
+        factory.on_socket_closed = guard.socket_closed
+        return guard
+
+    def _recount(self) -> None:
+        used = _descriptors_in_use()
+        if used is not None:
+            self._others = used - self.factory.sockets
+
+    def free(self) -> int:
+        """Descriptors a round of accepts may take now."""
+        free = self.limit - SPARE_DESCRIPTORS - self._others - self.factory.sockets
+        if free < 256:
+            self._recount()  # near the limit: count exactly
+            free = self.limit - SPARE_DESCRIPTORS - self._others - self.factory.sockets
+        return free
+
+    def doRead(self) -> object:
+        free = self.free()
+        if free <= 0:
+            if not self.paused:
+                self.paused = True
+                self.port.stopReading()
+                log.warn(
+                    "chatlog: no file descriptor free (open-file limit {limit}): "
+                    "not accepting connections until one closes",
+                    limit=self.limit,
+                )
+            return None
+        self.port.numberAccepts = min(self.port.numberAccepts, free)
+        return self._accept()
+
+    def socket_closed(self) -> None:
+        port = self.port
+        if self.paused and port.connected and not port.disconnecting and self.free() > 0:
+            self.paused = False
+            port.startReading()
+            log.info("chatlog: file descriptors free again: accepting connections")
 
 
 @implementer(IStreamServerEndpoint)
@@ -113,11 +237,9 @@ class _ReusePortBinder:
         raise ValueError(f"--workers needs {SHAREABLE}, not {self.shared.description}")
 
 
-def inherited_endpoint(reactor: Any, description: str, fd: int) -> IStreamServerEndpoint:
-    """The listening socket a worker was handed as ``fd``, served as ``description`` says."""
+def inherited_endpoint(reactor: Any, fd: int) -> IStreamServerEndpoint:
+    """The listening socket a worker was handed as ``fd``."""
     with socket.socket(fileno=os.dup(fd)) as probe:
         family = probe.family
     endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(reactor, fd, family)
-    if description.startswith("haproxy:"):
-        endpoint = proxyEndpoint(endpoint)
     return endpoint

@@ -8,27 +8,27 @@ matters: a reply leaves only after its record was written.
 
 How a read becomes replies ("ack implies logged", group commit):
 
-1. ``dataReceived`` splits the bytes into lines and stages all of them with
-   the log in one piece (:meth:`LogSink.stageMessages`), then asks the log to
+1. ``dataReceived`` splits the bytes into lines and stages them (at most
+   :data:`LINES_PER_TURN`) with the log in one piece, then asks the log to
    call :meth:`ChatProtocol.logWritten` once that batch is written;
 2. at the start of the next reactor turn the log writes every staged record
    of every connection with one ``write(2)`` and calls back;
 3. ``logWritten(ok)`` sends all replies of the read with one
-   ``transport.write``, or ``ERROR log unavailable`` per line when the write
-   failed.
+   ``transport.write`` (``ERROR log unavailable`` per line if the write
+   failed), then stages the next slice of lines held back, if any.
 
+What one client can make the server hold is bounded: replies queued up to
+its buffer size (4 or 16 KiB, see ``ChatFactory``; then it is not read
+until they drain), one read of lines not handled yet, its unfinished line.
 A connection's life is a :class:`Phase`: waiting for its PROXY header,
-open, closing, closed; :class:`Ending` says why it is closing.  A few flags
-that are not phases remain: whether a log callback is due, whether the
-client shut its write side, and the flow-control state.
+open, closing, closed; :class:`Ending` says why it is closing.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -37,6 +37,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatlog.log import Event
+from chatlog.server.proxy import BadHeader, HeaderReader
+from chatlog.server.proxy import peer_address as peer_address  # also for chatlog.server.service
 from chatlog.wire import (
     DELIMITER,
     ERROR_LOG_UNAVAILABLE,
@@ -55,25 +57,11 @@ if TYPE_CHECKING:
 # message than through a helper or the imported names (CPython 3.11, callgrind).
 _PREFIX, _SEPARATOR, _DELIMITER = REPLY_PREFIX, REPLY_SEPARATOR, DELIMITER
 
-
-class LogSink(Protocol):
-    """What the protocol needs of the log: :class:`chatlog.log.LogWriter` is one."""
-
-    def __call__(self, event: Event) -> None:
-        """Stage one event's record."""
-
-    def stageMessages(self, fields: Event, lines: list[bytes]) -> None:
-        """Stage the message records of lines read together (``fields`` is the first's)."""
-
-    def ackAfterWrite(self, waiter: ChatProtocol) -> None:
-        """Call ``waiter.logWritten(ok)`` once everything staged so far is written."""
-
-
-def peer_address(address: object) -> tuple[str, int]:
-    """(ip, port) of a peer; ``("unix", 0)`` for a UNIX socket and the like."""
-    if isinstance(address, (IPv4Address, IPv6Address)):
-        return address.host, address.port
-    return "unix", 0
+#: Most lines handled per connection per reactor turn (README: "at most 250
+#: lines per turn").  A client that floods thousands of tiny lines in one read
+#: has the rest handled in later turns, and is not read meanwhile, so it can
+#: neither delay everyone else's replies nor make one read a huge backlog.
+LINES_PER_TURN = 250
 
 
 class Phase(enum.Enum):
@@ -116,11 +104,6 @@ class ChatProtocol(TwistedProtocol):
     them with one write.
     """
 
-    #: Most lines handled per reactor turn.  A client that floods thousands of
-    #: tiny lines in one read has the rest handled in later turns (and stops
-    #: being read meanwhile), so it cannot delay everyone else's replies.
-    LINES_PER_TURN = 250
-
     transport: Any
     factory: ChatFactory
 
@@ -140,15 +123,20 @@ class ChatProtocol(TwistedProtocol):
         self.last_activity = 0.0
         #: When the unfinished line now in the buffer began (None: no such line).
         self.line_started: float | None = None
-        self._buffer = b""  # the unfinished line
+        self._header: HeaderReader | None = None  # behind a balancer, until admitted
+        # Bytes not handled yet: the unfinished line and, while _backlogged,
+        # the complete lines before it that later turns handle.
+        self._buffer = b""
+        self._backlogged = False
         self._now = 0.0  # arrival time of the read being handled
         self._unacked: list[bytes] = []  # lines whose records await the log write
-        self._backlog: list[bytes] = []  # complete lines held back for fairness
         self._notice: bytes | None = None  # the ERROR line sent before a close
         self._log_callback_due = False  # registered with log.ackAfterWrite
         self._client_done_sending = False  # the client shut its write side
-        self._send_buffer_full = False  # the transport asked us to stop producing
-        self._reading_paused = False  # what we last told the transport
+        # Flow control: the transport asked us to stop (since when); we asked
+        # it; the most it reads at once (ChatFactory.size_buffers).
+        self.send_buffer_full, self.send_full_at = False, 0.0
+        self.reading_paused, self.read_size = False, factory.small_buffer
         self._abort_call: IDelayedCall | None = None
 
     @property
@@ -160,10 +148,11 @@ class ChatProtocol(TwistedProtocol):
 
     def connectionMade(self) -> None:
         self.connected_at = self.last_activity = self.clock.seconds()
+        self.ip, self.port = peer_address(self.transport.getPeer())
         if self.factory.peer_from_proxy_header:
-            # The real client address is in the header that comes first:
-            # admit and log once it is parsed (the first bytes we are given).
+            # The peer is a balancer: admit and log the client its header names.
             self.phase = Phase.AWAITING_PEER
+            self._header = HeaderReader()
             self.factory.number(self)
             return
         self._admit()
@@ -171,14 +160,10 @@ class ChatProtocol(TwistedProtocol):
     def _admit(self) -> bool:
         """Count the connection in, or refuse it; say whether it was admitted."""
         self.phase = Phase.OPEN
-        self.ip, self.port = peer_address(self.transport.getPeer())
         refusal = self.factory.admit(self)
         if refusal is not None:
-            self._policy_close(
-                {**self._fields("rejected"), "reason": refusal.reason, "limit": refusal.limit},
-                refusal.notice,
-                Ending.REFUSED,
-            )
+            event = {**self._fields("rejected"), "reason": refusal.reason, "limit": refusal.limit}
+            self._policy_close(event, refusal.notice, Ending.REFUSED)
             return False
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
@@ -192,53 +177,81 @@ class ChatProtocol(TwistedProtocol):
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
-        was = self.phase
-        self.phase = Phase.CLOSED
-        if was is Phase.OPEN:
-            # Lines already received are logged even though no reply can
-            # reach the client any more; a clean EOF also ends a last line.
-            pending = self._backlog
-            if self._buffer and reason.check(ConnectionDone):
-                pending = [*pending, self._buffer]
-            self._backlog = []
+        was, self.phase = self.phase, Phase.CLOSED
+        self.factory.socket_closed()
+        clean = reason.check(ConnectionDone) is not None
+        policy = self.ending in (Ending.POLICY, Ending.SHUTDOWN)
+        how = "closed" if policy else "clean" if clean else "lost"
+        # Lines received are logged although no reply can reach the client any
+        # more (a slice a turn, like any others); a clean end ends a last line.
+        held = self._buffer if was is Phase.OPEN else b""
+        if held and clean and not held.endswith(_DELIMITER):
+            held += _DELIMITER
+        self._buffer, self._backlogged = held[: held.rfind(_DELIMITER) + 1], False
+        self._log_lost_lines(how, round(self.clock.seconds() - self.connected_at, 6))
+
+    def _log_lost_lines(self, how: str, seconds: float) -> None:
+        """Log the next slice of a lost connection's lines; after the last, its end."""
+        lines = self._buffer.split(_DELIMITER, LINES_PER_TURN)
+        self._buffer = lines.pop()  # the buffer ends with a line's end
+        if self._stage(lines):
+            self.factory.count_limit("line_too_long")
+            self.log({**self._fields("line_too_long"), "limit": self.max_line})
             self._buffer = b""
-            if self._stage(pending):
-                self.factory.count_limit("line_too_long")
-                self.log({**self._fields("line_too_long"), "limit": self.max_line})
-            self._unacked = []
-        if not self.factory.forget(self):
-            # Refused, or closed before the PROXY header was complete: there
-            # was no admitted client to speak of, and nothing was sent.
+        self._unacked = []
+        if self._buffer:
+            self.clock.callLater(0, self._log_lost_lines, how, seconds)
             return
-        if self.ending in (Ending.POLICY, Ending.SHUTDOWN):
-            how = "closed"
-        elif reason.check(ConnectionDone):
-            how = "clean"
-        else:
-            how = "lost"
-        self.log(
-            {
-                **self._fields("disconnect"),
-                "how": how,
-                "messages": self.messages,
-                "seconds": round(self.clock.seconds() - self.connected_at, 6),
-            }
-        )
+        if self.factory.live.get(self.conn) is self:  # not refused, nor before a PROXY header
+            event = {**self._fields("disconnect"), "how": how, "seconds": seconds}
+            self.log({**event, "messages": self.messages})
+        self.factory.forget(self)  # last: it may tell a stopping server that all are gone
 
     def readConnectionLost(self) -> None:
         """The client shut its write side: answer what it sent, then close."""
         self._client_done_sending = True
         if not self.reading:
             return
-        if self._buffer:
-            # End of stream ends the last line too.
+        if self._buffer and not self._backlogged:
+            # End of stream ends the last line too (after a backlog, _next_slice does).
             last, self._buffer = self._buffer, b""
-            self._add_lines([last])
+            self.line_started = None
+            self._handle_lines([last])
         self._close_if_done()
 
     def writeConnectionLost(self) -> None:
         """The client will read nothing more: nothing left to do."""
         self._finish(Ending.CLIENT_DONE)
+
+    # -- the PROXY header (haproxy: ports) ---------------------------------------
+
+    def _read_header(self, data: bytes) -> bytes:
+        """Admit the client a whole, valid PROXY header names; return the bytes after it."""
+        now = self.last_activity = self.clock.seconds()
+        assert self._header is not None  # made with the AWAITING_PEER phase
+        try:
+            read = self._header.feed(data)
+        except BadHeader as bad:
+            self._refuse_header(bad.reason)
+            return b""
+        if read is None:
+            if self.line_started is None:
+                self.line_started = now
+            return b""
+        header, rest = read
+        self.line_started = self._header = None
+        if header.source is not None:
+            self.ip, self.port = header.source
+        return rest if self._admit() else b""
+
+    def _refuse_header(self, reason: str) -> None:
+        """Log a ``bad_header`` event with the connection's real peer, and close."""
+        self.factory.count_limit("bad_header")
+        self.phase = Phase.CLOSING
+        self.ending = Ending.REFUSED
+        self.log({**self._fields("bad_header"), "reason": reason})
+        # Nothing was sent and no producer is registered: this closes at once.
+        self.transport.loseConnection()
 
     # -- reading lines ----------------------------------------------------------
 
@@ -246,38 +259,72 @@ class ChatProtocol(TwistedProtocol):
         if self.phase is not _OPEN:
             if self.phase is not Phase.AWAITING_PEER:
                 return
-            if not self._admit():  # the PROXY header was read: the peer is known now
+            data = self._read_header(data)
+            if not data:
                 return
         now = self.clock.seconds()
         self._now = self.last_activity = now
         if self._buffer:
+            if self._backlogged:
+                # Read although reading is paused (TLS may still hand over
+                # what it had decrypted): it waits behind the held-back lines.
+                self._buffer += data
+                return
             data = self._buffer + data
-        lines = data.split(DELIMITER)
-        self._buffer = lines.pop()
-        if lines:
-            self.line_started = now if self._buffer else None
+        lines = data.split(_DELIMITER, LINES_PER_TURN)
+        buffer = self._buffer = lines.pop()
+        if (
+            len(buffer) > self.max_line
+            or len(lines) == LINES_PER_TURN
+            or len(data) >= self.read_size
+        ):
+            self._unusual_read(lines, now, len(data))
+        elif lines:
+            self.line_started = now if buffer else None
         elif self.line_started is None:
             self.line_started = now
-        if len(self._buffer) > self.max_line:
-            # Queue the over-long part as a line so that the lines before it
-            # are answered first; handling it closes the connection, and
-            # nothing read after it can ever become a record.
-            lines.append(self._buffer)
-            self._buffer = b""
-        if self._backlog or len(lines) > self.LINES_PER_TURN:
-            self._add_lines(lines)
-        elif lines:
+        if lines:
             self._handle_lines(lines)
 
-    def _add_lines(self, lines: list[bytes]) -> None:
-        """Handle complete lines now, up to LINES_PER_TURN; queue the rest."""
-        if self._backlog:
-            self._backlog.extend(lines)
-            return
-        if len(lines) > self.LINES_PER_TURN:
-            self._backlog = lines[self.LINES_PER_TURN :]
-            lines = lines[: self.LINES_PER_TURN]
+    def _unusual_read(self, lines: list[bytes], now: float, size: int) -> None:
+        """A read that leaves lines for later turns, fills the buffer, or is over the limit."""
+        buffer = self._buffer
+        if len(lines) == LINES_PER_TURN and buffer:
+            # The rest may hold more lines: later turns handle them a slice
+            # each, and reading waits until they have (then a little at once).
+            self._backlogged = True
+            self.line_started = None
             self._update_reading()
+            self.factory.size_buffers(self, self.factory.small_buffer)
+            return
+        if size >= self.read_size:  # long lines: read more at once
+            self.factory.size_buffers(self, self.factory.large_buffer)
+        if self._too_long(buffer):
+            # Queued as a line: the lines before it are answered first, then
+            # it closes the connection (nothing after it becomes a record).
+            lines.append(buffer)
+            self._buffer = b""
+            self.line_started = None
+        elif lines or self.line_started is None:
+            self.line_started = now if buffer else None
+
+    def _too_long(self, unfinished: bytes) -> bool:
+        """Whether an unfinished line is already over --max-line (its ``\\r`` may end it)."""
+        over = len(unfinished) - self.max_line
+        return over > 1 or (over == 1 and unfinished[-1:] != b"\r")
+
+    def _next_slice(self) -> None:
+        """Handle the next LINES_PER_TURN lines held back; read again after the last."""
+        lines = self._buffer.split(_DELIMITER, LINES_PER_TURN)
+        buffer = self._buffer = lines.pop()
+        if len(lines) < LINES_PER_TURN or not buffer:
+            self._backlogged = False
+            self._update_reading()
+            if self._too_long(buffer) or (buffer and self._client_done_sending):
+                # Over the limit (see _unusual_read), or ended by the end of the stream.
+                lines.append(buffer)
+                self._buffer = b""
+            self.line_started = self.clock.seconds() if self._buffer else None
         self._handle_lines(lines)
 
     def _handle_lines(self, lines: list[bytes]) -> None:
@@ -285,11 +332,8 @@ class ChatProtocol(TwistedProtocol):
         too_long = self._stage(lines)
         if too_long:
             self.factory.count_limit("line_too_long")
-            self._policy_close(
-                {**self._fields("line_too_long"), "limit": self.max_line},
-                error_line_too_long(self.max_line),
-                Ending.POLICY,
-            )
+            event = {**self._fields("line_too_long"), "limit": self.max_line}
+            self._policy_close(event, error_line_too_long(self.max_line), Ending.POLICY)
         if self._unacked and not self._log_callback_due:
             self._log_callback_due = True
             self.log.ackAfterWrite(self)
@@ -300,10 +344,12 @@ class ChatProtocol(TwistedProtocol):
         messages: list[bytes] = []
         too_long = False
         for line in lines:
+            if line[-1:] == b"\r":
+                line = line[:-1]  # the limit counts the line without its ending
             if len(line) > max_line:
                 too_long = True
                 break
-            messages.append(line[:-1] if line[-1:] == b"\r" else line)
+            messages.append(line)
         if messages:
             fields = {
                 "event": "message",
@@ -335,65 +381,64 @@ class ChatProtocol(TwistedProtocol):
             self._notice = None
             self._close_with_grace()
             return
-        if self._backlog and self.phase is _OPEN:
-            lines = self._backlog[: self.LINES_PER_TURN]
-            del self._backlog[: self.LINES_PER_TURN]
-            self._handle_lines(lines)
-            self._update_reading()
+        # Held-back lines wait while the replies already queued do not drain:
+        # what a client that never reads makes us hold stays bounded.
+        if self._backlogged and self.phase is _OPEN and not self.send_buffer_full:
+            self._next_slice()
         self._close_if_done()
 
     # -- flow control (IPushProducer, registered with our transport) ----------
 
     def pauseProducing(self) -> None:
         """The transport's send buffer is full: stop reading until it drains."""
-        self._send_buffer_full = True
+        if not self.send_buffer_full:
+            self.send_buffer_full = True
+            self.send_full_at = self.clock.seconds()
         self._update_reading()
 
     def resumeProducing(self) -> None:
-        self._send_buffer_full = False
-        self._update_reading()
+        """The send buffer drained: go on with held-back lines, or read again."""
+        self.send_buffer_full = False
+        if self._backlogged and self.phase is _OPEN and not self._log_callback_due:
+            self._next_slice()
+            self._close_if_done()
+        else:
+            self._update_reading()
 
     def stopProducing(self) -> None:
         pass  # the connection is going away; connectionLost follows
 
     def _update_reading(self) -> None:
-        paused = self._send_buffer_full or bool(self._backlog)
-        if paused != self._reading_paused and self.reading:
-            self._reading_paused = paused
+        paused = self.send_buffer_full or self._backlogged
+        if paused != self.reading_paused and self.reading:
+            self.reading_paused = paused
             if paused:
                 self.transport.pauseProducing()
             else:
+                # Time the server spent not reading is not the client's:
+                # its deadlines start again.
+                now = self.clock.seconds()
+                if self.line_started is not None:
+                    self.line_started = now
+                self.last_activity = now
                 self.transport.resumeProducing()
 
     # -- closing ----------------------------------------------------------------
 
-    def checkDeadlines(self, now: float) -> None:
-        """Close the connection if it was idle, or trickled a line, too long."""
-        if not self.reading:
+    def time_out(self, kind: str, seconds: float) -> None:
+        """A deadline passed (see ``ChatFactory.overdue``): ``ERROR timeout``, an event, a close."""
+        if self.phase is Phase.AWAITING_PEER:
+            self._refuse_header(f"no complete PROXY header within {seconds:g} s")
             return
-        factory = self.factory
-        if (
-            factory.line_timeout
-            and self.line_started is not None
-            and now - self.line_started >= factory.line_timeout
-        ):
-            kind, seconds = "line", factory.line_timeout
-        elif factory.idle_timeout and now - self.last_activity >= factory.idle_timeout:
-            kind, seconds = "idle", factory.idle_timeout
-        else:
-            return
-        factory.count_limit("timeout")
-        self._policy_close(
-            {**self._fields("timeout"), "kind": kind, "seconds": seconds},
-            ERROR_TIMEOUT,
-            Ending.POLICY,
-        )
+        self.factory.count_limit("timeout")
+        event = {**self._fields("timeout"), "kind": kind, "seconds": seconds}
+        self._policy_close(event, ERROR_TIMEOUT, Ending.POLICY)
 
-    def _policy_close(self, event: dict[str, Any], notice: bytes, ending: Ending) -> None:
+    def _policy_close(self, event: Event, notice: bytes, ending: Ending) -> None:
         """Log why, send ``notice`` after any pending replies, then close."""
         self.phase = Phase.CLOSING
         self.ending = ending
-        self._backlog = []
+        self._backlogged = False
         self._buffer = b""
         self.log(event)
         self._notice = notice
@@ -402,7 +447,7 @@ class ChatProtocol(TwistedProtocol):
             self.log.ackAfterWrite(self)
 
     def _close_if_done(self) -> None:
-        if self._client_done_sending and not self._log_callback_due and not self._backlog:
+        if self._client_done_sending and not self._log_callback_due and not self._backlogged:
             self._finish(Ending.CLIENT_DONE)
 
     def _finish(self, ending: Ending) -> None:
@@ -432,7 +477,8 @@ class ChatProtocol(TwistedProtocol):
         ):
             return
         self.phase = Phase.CLOSING
-        self._backlog = []
+        self._backlogged = False
+        self._buffer = b""
         if self.ending is not Ending.REFUSED and self._notice is None:
             self.ending = Ending.SHUTDOWN
         if self._log_callback_due:

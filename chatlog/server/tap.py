@@ -26,7 +26,13 @@ from twisted.python import usage
 from chatlog.log import FORMATS, LogWriter, make_formatter
 from chatlog.numbers import number
 from chatlog.server.factory import ChatFactory
-from chatlog.server.listening import SHAREABLE, SharedPortEndpoint, inherited_endpoint
+from chatlog.server.listening import (
+    SHAREABLE,
+    SharedPortEndpoint,
+    inherited_endpoint,
+    listening_description,
+)
+from chatlog.server.proxy import PROXY_PREFIX
 from chatlog.server.service import ChatlogService, MetricsService
 from chatlog.server.workers import LISTEN_FD, ParentWatch, WorkerPool, worker_logfile
 
@@ -193,17 +199,19 @@ def makeService(options: ChatlogOptions, reactor: Any = None) -> service.MultiSe
     if reactor is None:
         from twisted.internet import reactor
     description = options["port"]
+    # haproxy:tcp:5000 listens on tcp:5000; the protocol reads the PROXY header.
+    listening = listening_description(description)
     workers, worker = options["workers"], options["worker"]
     top = service.MultiService()
     endpoint: IStreamServerEndpoint
     if worker:
         # One of the processes --workers started: serve the socket it was handed.
-        endpoint = inherited_endpoint(reactor, description, LISTEN_FD)
+        endpoint = inherited_endpoint(reactor, LISTEN_FD)
         ParentWatch(reactor).setServiceParent(top)
     elif workers > 1:
-        endpoint = shared = SharedPortEndpoint(reactor, description, workers)
+        endpoint = shared = SharedPortEndpoint(reactor, listening, workers)
     else:
-        endpoint = serverFromString(reactor, description)
+        endpoint = serverFromString(reactor, listening)
     writer = LogWriter(
         worker_logfile(options["logfile"], worker, workers),
         make_formatter(options["format"], utc=options["utc"]),
@@ -220,7 +228,7 @@ def makeService(options: ChatlogOptions, reactor: Any = None) -> service.MultiSe
         max_per_ip=options["max-per-ip"],
         first_conn=worker + 1,
         conn_step=workers,
-        peer_from_proxy_header=description.startswith("haproxy:"),
+        peer_from_proxy_header=description.startswith(PROXY_PREFIX),
     )
     chatlog = ChatlogService(
         endpoint, description, factory, writer, reactor, fastpath=not options["no-fastpath"]

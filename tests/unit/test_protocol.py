@@ -1,4 +1,10 @@
-"""The protocol on StringTransport and task.Clock: replies, events, limits, flow control."""
+"""The protocol on StringTransport and task.Clock: replies, events, limits, flow control.
+
+What the server must make of a stream of bytes is derived here from the
+wire protocol alone (:func:`expected_outcome`), never from the code's own
+counters, and limits stated in README.rst (250 lines per turn) are written
+as numbers, so raising one in the code turns a test red.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +22,43 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from chatlog.log import LogWriter, make_formatter, unescape_text
+from chatlog.log import LogWriter, RecordParser, make_formatter, unescape_text
 from chatlog.server.factory import ChatFactory
 from chatlog.server.protocol import ChatProtocol
+
+REPLY = b"Server received: "
+#: README.rst: "one that floods tiny lines is served at most 250 lines per turn".
+LINES_PER_TURN = 250
+
+
+def expected_outcome(stream: bytes, max_line: int, eof: bool = False) -> tuple[list[bytes], bool]:
+    """The messages the wire protocol makes of ``stream``, and whether a line was too long.
+
+    Lines end with ``\\n``, a trailing ``\\r`` is dropped, and a line longer
+    than ``max_line`` bytes (without its ending) ends the connection: nothing
+    from it on is a message.  At a clean end of stream (``eof``) the
+    unfinished last line is a line too; without it, it is only refused when
+    it is already too long.
+    """
+    *lines, unfinished = stream.split(b"\n")
+    messages = []
+    for line in lines:
+        line = line[:-1] if line.endswith(b"\r") else line
+        if len(line) > max_line:
+            return messages, True
+        messages.append(line)
+    last = unfinished[:-1] if unfinished.endswith(b"\r") else unfinished
+    if len(last) > max_line:
+        return messages, True
+    if eof and unfinished:
+        messages.append(last)
+    return messages, False
+
+
+def replies_to(messages: list[bytes], too_long: bool, max_line: int) -> bytes:
+    """Every reply the client must get, in order."""
+    replies = b"".join(REPLY + m + b"\n" for m in messages)
+    return replies + (b"ERROR line too long (max %d bytes)\n" % max_line if too_long else b"")
 
 
 class FakeLog:
@@ -47,6 +87,16 @@ class FakeLog:
         for waiter in waiters:
             waiter.logWritten(ok)
 
+    def settle(self, clock: Clock | None = None) -> None:
+        """Run turns until no connection waits for a write (held-back lines are handled)."""
+        for _ in range(10_000):
+            if clock is not None:
+                clock.advance(0)  # lines of lost connections: a slice a turn
+            if not self.waiters and (clock is None or not clock.getDelayedCalls()):
+                return
+            self.flush()
+        raise AssertionError("the connection never stopped asking for writes")
+
     def kinds(self) -> list[str]:
         return [e["event"] for e in self.events]
 
@@ -61,9 +111,60 @@ def connect(factory: ChatFactory, peer: Any = None) -> tuple[ChatProtocol, Strin
     return proto, transport
 
 
+def run_for(clock: Clock, seconds: float, step: float = 0.25) -> None:
+    """Let ``seconds`` pass in small steps, as in a running reactor whose sweeps come on time."""
+    clock.pump([step] * round(seconds / step))
+
+
+class ReactorClock(Clock):
+    """A Clock that runs, like the reactor, only the calls due when a turn begins.
+
+    A call made during a turn (``callLater(0)``) runs in the next one, after
+    that turn's reads: Twisted's ``runUntilCurrent`` works this way, and the
+    deadline sweep relies on it.
+    """
+
+    def advance(self, amount: float) -> None:
+        self.rightNow += amount
+        due = sorted(
+            (c for c in self.calls if c.getTime() <= self.rightNow), key=ReactorClock.calls_key
+        )
+        for call in due:
+            if call in self.calls:
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+    @staticmethod
+    def calls_key(call: Any) -> float:
+        return float(call.getTime())
+
+
+class SlowReaderTransport(StringTransport):
+    """A StringTransport with Twisted's flow control: a client that reads only when told.
+
+    Past ``bufferSize`` queued bytes it pauses its producer; :meth:`drain`
+    is the client reading everything, after which the producer is resumed.
+    """
+
+    bufferSize = 65536  # Twisted's FileDescriptor default
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and len(self.value()) > self.bufferSize:
+            self.producer.pauseProducing()
+
+    def drain(self) -> bytes:
+        read = self.value()
+        self.clear()
+        if self.producer is not None:
+            self.producer.resumeProducing()
+        return read
+
+
 @pytest.fixture
 def clock() -> Clock:
-    clock = Clock()
+    clock = ReactorClock()
     clock.advance(1795332945.0)
     return clock
 
@@ -132,27 +233,58 @@ def test_any_chunking_gives_the_same_records(cuts: list[int]) -> None:
     assert transport.value() == b"".join(b"Server received: " + m + b"\n" for m in expected)
 
 
-@settings(max_examples=200)
-@given(st.binary(max_size=400), st.lists(st.integers(min_value=1, max_value=400), max_size=8))
-def test_any_bytes_any_chunking(stream: bytes, cuts: list[int]) -> None:
-    """Any bytes: one message per complete line (up to the limit), replies match them."""
+#: Streams of lines near and over a 100-byte limit, with every kind of ending, or any bytes.
+STREAMS = st.one_of(
+    st.lists(
+        st.tuples(
+            st.one_of(
+                st.binary(max_size=8),
+                st.binary(min_size=98, max_size=102),
+                st.binary(min_size=103, max_size=300),
+            ),
+            st.sampled_from([b"\n", b"\r\n", b"\r\r\n", b"\r", b""]),
+        ),
+        max_size=12,
+    ).map(lambda parts: b"".join(line + end for line, end in parts)),
+    st.binary(max_size=600),
+)
+
+
+@settings(max_examples=300)
+@given(
+    STREAMS,
+    st.lists(st.integers(min_value=1, max_value=1200), max_size=8),
+    st.sampled_from([b"", b"\n", b"\r\n", b"\n" * 300]),
+)
+def test_any_bytes_any_chunking(stream: bytes, cuts: list[int], tail: bytes) -> None:
+    """Any bytes, cut anywhere: exactly the messages and replies the wire protocol says.
+
+    Both sequences are compared whole, against what the stream itself
+    implies, then once more after a clean end of stream.
+    """
+    stream += tail
     log = FakeLog()
-    factory = ChatFactory(log, Clock(), max_line=100)
+    clock = Clock()
+    factory = ChatFactory(log, clock, max_line=100)
     proto, transport = connect(factory)
     points = [0, *sorted({c for c in cuts if c < len(stream)}), len(stream)]
     for start, end in pairwise(points):
         proto.dataReceived(stream[start:end])
         log.flush()
-    lines = stream.split(b"\n")[:-1]
-    expected = []
-    for line in lines:
-        if len(line) > 100:
-            break
-        expected.append(line[:-1] if line.endswith(b"\r") else line)
-    assert log.messages()[: len(expected)] == expected
-    if len(log.messages()) == len(expected):
-        replies = b"".join(b"Server received: " + m + b"\n" for m in expected)
-        assert transport.value().startswith(replies)
+    log.settle()
+    messages, too_long = expected_outcome(stream, 100)
+    assert log.messages() == messages
+    assert transport.value() == replies_to(messages, too_long, 100)
+    assert [e["seq"] for e in log.events if e["event"] == "message"] == list(
+        range(1, len(messages) + 1)
+    )
+    assert log.kinds().count("line_too_long") == too_long
+    proto.connectionLost(Failure(ConnectionDone()))
+    log.settle(clock)
+    messages, too_long = expected_outcome(stream, 100, eof=True)
+    assert log.messages() == messages
+    assert log.kinds()[-1] == "disconnect"
+    assert log.events[-1]["messages"] == len(messages)
 
 
 def test_line_too_long_logs_answers_and_closes(
@@ -182,24 +314,48 @@ def test_line_too_long_without_newline(factory: ChatFactory, log: FakeLog) -> No
     assert transport.value() == b"ERROR line too long (max 100 bytes)\n"
 
 
-def test_line_at_the_limit_is_accepted(factory: ChatFactory, log: FakeLog) -> None:
-    """A line of exactly max-line bytes is a message."""
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"], ids=["LF", "CRLF"])
+@pytest.mark.parametrize("split", [False, True], ids=["one read", "ending apart"])
+def test_line_at_the_limit_is_accepted(
+    factory: ChatFactory, log: FakeLog, ending: bytes, split: bool
+) -> None:
+    """A line of exactly max-line bytes is a message, however it ends and is cut."""
     proto, transport = connect(factory)
-    proto.dataReceived(b"C" * 100 + b"\n")
+    line = b"C" * 100 + ending
+    if split:
+        proto.dataReceived(line[:-1])  # with CRLF, the read ends with the CR
+        proto.dataReceived(line[-1:])
+    else:
+        proto.dataReceived(line)
     log.flush()
     assert log.messages() == [b"C" * 100]
+    assert transport.value() == REPLY + b"C" * 100 + b"\n"
+    assert not transport.disconnecting
+
+
+@pytest.mark.parametrize("data", [b"D" * 101 + b"\r\n", b"D" * 100 + b"\r\r\n", b"D" * 101 + b"\r"])
+def test_line_one_over_the_limit_is_refused(
+    factory: ChatFactory, log: FakeLog, data: bytes
+) -> None:
+    """One byte over max-line (not counting the line ending) is refused, finished or not."""
+    proto, transport = connect(factory)
+    proto.dataReceived(data)
+    proto.dataReceived(b"x")  # a CR not followed by LF does not end the line
+    log.flush()
+    assert log.kinds() == ["connect", "line_too_long"]
+    assert transport.value() == b"ERROR line too long (max 100 bytes)\n"
 
 
 def test_idle_timeout(factory: ChatFactory, log: FakeLog, clock: Clock) -> None:
     """Silence for idle-timeout seconds closes the connection with an event."""
     factory.startFactory()
     proto, transport = connect(factory)
-    clock.advance(59)
+    run_for(clock, 59)
     proto.dataReceived(b"still here\n")
     log.flush()
-    clock.advance(59)
-    assert not transport.disconnecting
-    clock.advance(2)
+    run_for(clock, 59)
+    assert "timeout" not in log.kinds()
+    run_for(clock, 1.5)
     log.flush()
     assert log.events[-1]["event"] == "timeout" and log.events[-1]["kind"] == "idle"
     assert transport.value().endswith(b"ERROR timeout\n")
@@ -215,10 +371,10 @@ def test_trickling_cannot_reset_the_line_deadline(
     proto, transport = connect(factory)
     for _ in range(4):
         proto.dataReceived(b"x")
-        clock.advance(1)
+        run_for(clock, 1)
     assert not transport.disconnecting
     proto.dataReceived(b"x")
-    clock.advance(1.5)
+    run_for(clock, 1.5)
     log.flush()
     assert log.events[-1]["event"] == "timeout" and log.events[-1]["kind"] == "line"
     assert transport.disconnecting
@@ -312,29 +468,72 @@ def test_half_close_gets_every_reply(factory: ChatFactory, log: FakeLog) -> None
 
 
 def test_lines_received_before_a_lost_connection_are_logged(
-    factory: ChatFactory, log: FakeLog
+    factory: ChatFactory, log: FakeLog, clock: Clock
 ) -> None:
-    """Lines held back for fairness are still logged if the client vanishes."""
+    """Lines held back for fairness are still logged if the client vanishes, 250 a turn."""
     proto, _ = connect(factory)
-    proto.dataReceived(b"x\n" * (ChatProtocol.LINES_PER_TURN + 5))
+    proto.dataReceived(b"x\n" * 1000)
     proto.connectionLost(Failure(ConnectionLost()))
-    assert len(log.messages()) == ChatProtocol.LINES_PER_TURN + 5
+    assert len(log.messages()) == 2 * 250  # the read's slice, then the loss's
+    clock.advance(0)
+    assert len(log.messages()) == 3 * 250
+    log.settle(clock)
+    assert log.messages() == [b"x"] * 1000
+    assert log.kinds()[-1] == "disconnect" and log.events[-1]["messages"] == 1000
+    assert factory.live == {}
 
 
 def test_flood_is_handled_in_slices(factory: ChatFactory, log: FakeLog) -> None:
-    """A read of many lines is handled LINES_PER_TURN at a time, reading paused meanwhile."""
-    per_turn = ChatProtocol.LINES_PER_TURN
+    """A read of many lines is handled 250 at a time (README's cap), reading paused meanwhile."""
     proto, transport = connect(factory)
-    proto.dataReceived(b"y\n" * (2 * per_turn + 10))
-    assert len(log.messages()) == per_turn
+    proto.dataReceived(b"y\n" * 510)
+    assert len(log.messages()) == 250
     assert transport.producerState == "paused"
     log.flush()
-    assert len(log.messages()) == 2 * per_turn
+    assert len(log.messages()) == 500
     log.flush()
-    assert len(log.messages()) == 2 * per_turn + 10
+    assert len(log.messages()) == 510
     assert transport.producerState == "producing"
     log.flush()
-    assert transport.value() == b"Server received: y\n" * (2 * per_turn + 10)
+    assert transport.value() == b"Server received: y\n" * 510
+
+
+def test_a_client_that_never_reads_makes_the_server_hold_little(
+    factory: ChatFactory, log: FakeLog
+) -> None:
+    """64 KiB of empty lines from a client that reads nothing: the server holds KiB, not 1 MiB.
+
+    Each empty line's reply is 18 times its size.  Past the factory's small
+    send buffer (not Twisted's 64 KiB) the server neither handles the lines
+    it holds nor reads more; as the client reads, it goes on, and every line
+    is answered, in order.
+    """
+    proto = factory.buildProtocol(None)
+    transport = SlowReaderTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 53122))
+    proto.makeConnection(transport)
+    limit = transport.bufferSize
+    assert limit <= 16384  # also what one read may bring, in a real transport
+    one_turn = 250 * len(REPLY + b"\n")
+    proto.dataReceived(b"\n" * 65536)
+    for _ in range(20):
+        log.flush()
+        assert len(transport.value()) <= limit + one_turn
+    staged = len(log.messages())
+    assert staged < 65536 and transport.producerState == "paused"
+    for _ in range(20):
+        log.flush()
+    assert len(log.messages()) == staged  # nothing handled while nothing is read
+    received = b""
+    for _ in range(10_000):
+        received += transport.drain()
+        log.flush()
+        assert len(transport.value()) <= limit + one_turn
+        if len(received) + len(transport.value()) == 65536 * len(REPLY + b"\n"):
+            break
+    received += transport.drain()
+    assert received == (REPLY + b"\n") * 65536
+    assert log.messages() == [b""] * 65536
+    assert transport.producerState == "producing"
 
 
 def test_backpressure_pauses_reading(factory: ChatFactory, log: FakeLog) -> None:
@@ -377,55 +576,26 @@ def test_counters(factory: ChatFactory, log: FakeLog) -> None:
     assert (factory.connections_total, factory.messages_total) == (2, 3)
 
 
-def proxy_wrapped(factory: ChatFactory) -> Any:
-    """``factory`` wrapped as an ``haproxy:`` endpoint wraps it (through public API only)."""
-    from twisted.internet.defer import succeed
-    from twisted.protocols.haproxy import proxyEndpoint
-
-    class Recording:
-        def listen(self, wrapped: Any) -> Any:
-            self.factory = wrapped
-            return succeed(None)
-
-    inner = Recording()
-    proxyEndpoint(inner).listen(factory)  # type: ignore[arg-type]
-    return inner.factory
-
-
-def test_proxy_protocol_logs_the_real_client(log: FakeLog, clock: Clock) -> None:
-    """Behind HAProxy (PROXY v1 header) the log shows the client, not the balancer."""
-    factory = ChatFactory(log, clock, max_line=100, peer_from_proxy_header=True)
-    wrapping = proxy_wrapped(factory)
-    proto = wrapping.buildProtocol(IPv4Address("TCP", "10.0.0.9", 40000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 40000))
-    proto.makeConnection(transport)
-    assert log.events == []
-    proto.dataReceived(b"PROXY TCP4 203.0.113.7 10.0.0.1 56324 5000\r\nhello\n")
-    log.flush()
-    assert [(e["event"], e["ip"], e["port"]) for e in log.events] == [
-        ("connect", "203.0.113.7", 56324),
-        ("message", "203.0.113.7", 56324),
-    ]
-    assert transport.value() == b"Server received: hello\n"
-    assert factory.per_ip == {"203.0.113.7": 1}
-
-
 RECORD = re.compile(
-    rb"(Connection|Message Received|Line Too Long): "
+    rb"(Connection|Message Received|Line Too Long|Disconnection): "
     rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6} - 127\.0\.0\.1:53122 #1 - (.*)"
 )
 
 
 @settings(max_examples=150, deadline=None)
 @given(
-    st.binary(max_size=600),
-    st.lists(st.integers(min_value=1, max_value=600), max_size=10),
+    STREAMS,
+    st.lists(st.integers(min_value=1, max_value=1200), max_size=10),
     st.sampled_from(["event", "dash", "json"]),
 )
 def test_real_log_any_bytes_any_chunking(
     tmp_path_factory: pytest.TempPathFactory, stream: bytes, cuts: list[int], fmt: str
 ) -> None:
-    """Through the real writer: one record per line, no control bytes, exact messages back."""
+    """Through the real writer: one record per line, no control bytes, exactly the messages sent.
+
+    The messages read back from the file, and the replies, are compared
+    whole with what the stream implies (:func:`expected_outcome`).
+    """
     path = tmp_path_factory.mktemp("log") / "chat.log"
     clock = Clock()
     clock.advance(1795332945.0)
@@ -437,29 +607,29 @@ def test_real_log_any_bytes_any_chunking(
     for start, end in pairwise(points):
         proto.dataReceived(stream[start:end])
         clock.advance(0)
+    for _ in range(10):  # held-back lines: a slice a turn
+        clock.advance(0)
     writer.close()
+    messages, too_long = expected_outcome(stream, 100)
+    assert transport.value() == replies_to(messages, too_long, 100)
     data = path.read_bytes()
     assert not re.search(rb"[\x00-\x09\x0b-\x1f\x7f]", data)
     records = data.split(b"\n")
     assert records.pop() == b""
-    received = transport.value().count(b"\n")
-    is_message = {
-        "event": lambda r: r.startswith(b"Message Received: "),
-        "dash": lambda r: re.match(rb"127\.0\.0\.1 - 53122 - [\d:. -]{26} - (?!\[)", r),
-        "json": lambda r: b'"event": "message"' in r,
-    }[fmt]
-    messages = [r for r in records if is_message(r)]
-    assert len(messages) == proto.messages == received
-    if fmt == "event":
+    parser = RecordParser(fmt, utc=True)
+    events = [parser.parse(record) for record in records]
+    assert [e["msg"] for e in events if e["event"] == "message"] == messages
+    assert [e["event"] for e in events] == ["connect"] + ["message"] * len(messages) + [
+        "line_too_long"
+    ] * too_long
+    if fmt == "event":  # and independently of the parser, for one format
         texts = []
         for record in records:
             match = RECORD.fullmatch(record)
             assert match, record
             if match.group(1) == b"Message Received":
                 texts.append(unescape_text(match.group(2).decode()))
-        assert texts == [
-            e[:-1] if e.endswith(b"\r") else e for e in stream.split(b"\n")[: len(texts)]
-        ]
+        assert texts == messages
     if fmt == "json":
         for record in records:
             assert record.isascii()
@@ -474,3 +644,103 @@ def test_shutdown_keeps_a_pending_error_notice(factory: ChatFactory, log: FakeLo
     log.flush()
     assert transport.value() == b"Server received: ok\nERROR line too long (max 100 bytes)\n"
     assert transport.disconnecting
+
+
+# -- deadlines: judged after the reads already waiting; the server's own time is no one's idleness
+
+
+def test_deadlines_are_judged_after_the_reads_already_waiting(log: FakeLog) -> None:
+    """A client found silent by the sweep whose line is already waiting is not cut.
+
+    The sweep is a timed call, and timed calls run before a turn's reads:
+    its verdict waits one turn, for the reads that were there all along.
+    """
+    clock = ReactorClock()
+    factory = ChatFactory(log, clock, idle_timeout=60, line_timeout=5)
+    factory.startFactory()
+    waiting, waiting_transport = connect(factory)
+    silent, silent_transport = connect(factory)
+    run_for(clock, 60)  # the sweep at 60 s finds both silent for 60 s
+    waiting.dataReceived(b"sent at 59.9 s, read in the sweep's turn\n")
+    clock.advance(0)  # the next turn: the verdict
+    log.flush()
+    assert silent_transport.disconnecting
+    assert not waiting_transport.disconnecting
+    assert waiting_transport.value() == REPLY + b"sent at 59.9 s, read in the sweep's turn\n"
+    factory.stopFactory()
+
+
+def test_a_stall_of_the_server_is_no_clients_idleness(
+    factory: ChatFactory, log: FakeLog, clock: Clock
+) -> None:
+    """The server stopped for 70 s (SIGSTOP): no one is cut for it; true silence still is."""
+    factory.startFactory()
+    busy, busy_transport = connect(factory)
+    silent, silent_transport = connect(factory)
+    run_for(clock, 50)
+    busy.dataReceived(b"just before the stall\n")
+    log.flush()
+    clock.advance(70)  # one late sweep, 69.5 s after the one before
+    clock.advance(0)
+    assert "timeout" not in log.kinds()
+    run_for(clock, 10.5)  # the silent one: 50 s before the stall and 10.5 s after
+    log.flush()
+    assert silent_transport.disconnecting
+    assert not busy_transport.disconnecting
+    assert [e["conn"] for e in log.events if e["event"] == "timeout"] == [silent.conn]
+    factory.stopFactory()
+
+
+def test_lines_held_back_are_no_idleness(factory: ChatFactory, log: FakeLog, clock: Clock) -> None:
+    """While the server works through a client's lines (not reading it), the client is not idle."""
+    factory.startFactory()
+    proto, transport = connect(factory)
+    proto.dataReceived(b"z\n" * 1000)
+    for _ in range(3):  # a server so busy that each slice of 250 takes 25 s
+        run_for(clock, 25)
+        assert "timeout" not in log.kinds()
+        log.flush()
+    log.flush()
+    assert transport.value() == (REPLY + b"z\n") * 1000
+    run_for(clock, 59.5)  # idle from when its last line was handled, at 75 s
+    assert "timeout" not in log.kinds()
+    run_for(clock, 1)
+    log.flush()
+    assert transport.disconnecting and log.events[-1]["kind"] == "idle"
+    factory.stopFactory()
+
+
+def test_a_slow_reader_is_not_idle(factory: ChatFactory, log: FakeLog, clock: Clock) -> None:
+    """Replies piling up are not the client's idleness while it reads them, slowly."""
+    factory.startFactory()
+    proto, transport = connect(factory)
+    proto.dataReceived(b"a\n")
+    log.flush()
+    run_for(clock, 1)
+    proto.pauseProducing()  # the transport: its send buffer is full
+    run_for(clock, 50)
+    proto.resumeProducing()  # the client read it all
+    run_for(clock, 59)
+    assert "timeout" not in log.kinds()
+    run_for(clock, 1.5)
+    log.flush()
+    assert transport.disconnecting and log.events[-1]["kind"] == "idle"
+    factory.stopFactory()
+
+
+def test_a_client_that_reads_nothing_is_idle_from_when_its_replies_filled_up(
+    factory: ChatFactory, log: FakeLog, clock: Clock
+) -> None:
+    """A client that reads none of its replies is idle from when they filled the buffer."""
+    factory.startFactory()
+    proto, transport = connect(factory)
+    proto.dataReceived(b"a\n")
+    log.flush()
+    run_for(clock, 30)
+    proto.pauseProducing()
+    run_for(clock, 59.5)
+    assert "timeout" not in log.kinds()
+    run_for(clock, 1)
+    log.flush()
+    assert transport.disconnecting and log.events[-1]["kind"] == "idle"
+    factory.stopFactory()

@@ -1,4 +1,4 @@
-"""twistd's side: the options, makeService, the plugin, and clear startup errors."""
+"""twistd's side: the options, makeService, the plugin, clear startup errors, where it listens."""
 
 from __future__ import annotations
 
@@ -9,9 +9,16 @@ from pathlib import Path
 
 import pytest
 from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
+from chatlog.server import listening
+from chatlog.server.factory import ChatFactory
+from chatlog.server.listening import AcceptGuard, SharedPortEndpoint
 from chatlog.server.tap import ChatlogOptions, Options, makeService
 from tests.support.twistd import server_env, twistd_command
 
@@ -283,3 +290,101 @@ def test_stdout_log_on_dev_null_is_refused(tmp_path: Path) -> None:
     assert result.stderr == (
         "chatlog: --logfile -: standard output is /dev/null, where no record would be kept\n"
     )
+
+
+# -- where the server listens -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_haproxy_port_listens_on_the_endpoint_after_the_prefix(
+    tmp_path: Path, workers: str
+) -> None:
+    """``haproxy:tcp:...`` listens on ``tcp:...`` itself; the protocol reads the PROXY header.
+
+    No Twisted ``proxyEndpoint`` wrapper: it would hand chatlog unchecked
+    addresses, and tracebacks for malformed headers.
+    """
+    options = Options()
+    port = "haproxy:tcp:5000:interface=127.0.0.1"
+    options.parseOptions(
+        ["--port", port, "--logfile", str(tmp_path / "x.log"), "--workers", workers]
+    )
+    chatlog = IService(makeService(options, reactor=Clock())).getServiceNamed("chatlog")
+    assert chatlog.endpoint_description == port  # as the user wrote it, in Server Started
+    assert chatlog.factory.peer_from_proxy_header
+    if workers == "1":
+        assert isinstance(chatlog.endpoint, TCP4ServerEndpoint)
+    else:
+        assert isinstance(chatlog.endpoint, SharedPortEndpoint)
+        assert chatlog.endpoint.description == "tcp:5000:interface=127.0.0.1"
+
+
+class FakePort:
+    """What the guard uses of a ``tcp.Port``: ``doRead``, ``numberAccepts``, reading on and off."""
+
+    def __init__(self) -> None:
+        self.numberAccepts = 100
+        self.connected = 1
+        self.disconnecting = False
+        self.reading = True
+        self.rounds: list[int] = []  # numberAccepts of each round of accepts
+
+    def doRead(self) -> None:
+        self.rounds.append(self.numberAccepts)
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+def test_the_port_stops_accepting_while_no_descriptor_is_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rounds of accepts never take more descriptors than are free; none free, none accepted.
+
+    With 64 descriptors, 20 used by the process and 8 kept spare, 36
+    connections leave none: the port stops reading (clients wait in the
+    backlog) until one closes, and says so on twistd's log.
+    """
+    from tests.unit.test_protocol import FakeLog, connect
+
+    factory = ChatFactory(FakeLog(), Clock())
+    monkeypatch.setattr(listening, "_descriptors_in_use", lambda: 20 + factory.sockets)
+    port = FakePort()
+    guard = AcceptGuard.install(port, factory, limit=64)
+    assert guard is not None
+    conns = [connect(factory)[0] for _ in range(30)]
+    port.doRead()  # the reactor calls the port's doRead: now the guard's
+    assert port.rounds == [6]  # 64 - 20 - 8 - 30
+    conns += [connect(factory)[0] for _ in range(6)]
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        port.doRead()
+        port.doRead()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert port.rounds == [6] and not port.reading
+    assert len(events) == 1 and "no file descriptor free" in str(events[0]["log_format"])
+    conns.pop().connectionLost(Failure(ConnectionDone()))
+    assert port.reading
+    port.doRead()
+    assert port.rounds == [6, 1]
+
+
+def test_the_guard_starts_no_port_that_stopped_listening(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection closing after the port stopped listening does not start it again."""
+    from tests.unit.test_protocol import FakeLog, connect
+
+    factory = ChatFactory(FakeLog(), Clock())
+    monkeypatch.setattr(listening, "_descriptors_in_use", lambda: 20 + factory.sockets)
+    port = FakePort()
+    AcceptGuard.install(port, factory, limit=29)
+    proto, _ = connect(factory)
+    port.doRead()
+    assert not port.reading
+    port.disconnecting = True  # stopListening
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert not port.reading
