@@ -29,7 +29,7 @@ from chatlog.log import LogWriter
 from chatlog.server.factory import ChatFactory
 
 #: Limit events, by the reason label they carry.
-LIMIT_REASONS = ("line_too_long", "timeout", "rejected_busy", "rejected_per_ip")
+LIMIT_REASONS = ("line_too_long", "timeout", "rejected_busy", "rejected_per_ip", "bad_header")
 
 
 class ChatlogCollector(Collector):

@@ -448,10 +448,11 @@ JSON_FIELDS: dict[str, dict[str, Any]] = {
         "refused": int,
         "lost": int,
     },
-    "stop": {"ts": str, "event": str, "connections": int, "messages": int},
+    "stop": {"ts": str, "event": str, "connections": int, "messages": int, "refused": int},
 }
-#: Present only when the message was not valid UTF-8 (then always false).
-OPTIONAL_FIELDS = {"message": {"utf8": bool}}
+#: Present only when the message was not valid UTF-8 (then always false), and
+#: only when refused records could not be cut back off the file.
+OPTIONAL_FIELDS = {"message": {"utf8": bool}, "log_error": {"left": int}}
 _TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d$")
 
 
