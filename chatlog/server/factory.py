@@ -121,8 +121,9 @@ class ChatFactory(Factory):
     ) -> None:
         """
         :param log: where events go (the :class:`chatlog.log.LogWriter`).
-        :param close_grace: seconds a closing client gets to read its last
-            lines before the connection is aborted.
+        :param close_grace: seconds a client whose connection the server
+            closes gets to read its last lines and close its side before the
+            connection is aborted (:mod:`chatlog.server.closing`).
         :param first_conn: the first connection id; ``conn_step`` the step.
         :param peer_from_proxy_header: connections come from a balancer
             that first sends a PROXY header naming the client (an

@@ -21,7 +21,8 @@ What one client can make the server hold is bounded: replies queued up to
 its buffer size (4 or 16 KiB, see ``ChatFactory``; then it is not read
 until they drain), one read of lines not handled yet, its unfinished line.
 A connection's life is a :class:`Phase`: waiting for its PROXY header,
-open, closing, closed; :class:`Ending` says why it is closing.
+open, closing, closed; :class:`~chatlog.server.closing.Ending` says why it
+is closing, and :mod:`chatlog.server.closing` how it closes without a reset.
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ import enum
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatlog.log import Event
+from chatlog.server.closing import Ending, ServerClose, close_when_sent
 from chatlog.server.proxy import BadHeader, HeaderReader
 from chatlog.server.proxy import peer_address as peer_address  # also for chatlog.server.service
 from chatlog.wire import (
@@ -71,7 +73,8 @@ class Phase(enum.Enum):
     AWAITING_PEER = enum.auto()
     #: Admitted: every line is logged and answered.
     OPEN = enum.auto()
-    #: Reads nothing more; sends the replies and notice that are due, then closes.
+    #: Takes nothing more it reads; sends the replies and notice that are due,
+    #: then closes (how: :mod:`chatlog.server.closing`).
     CLOSING = enum.auto()
     #: ``connectionLost`` has run.
     CLOSED = enum.auto()
@@ -80,19 +83,6 @@ class Phase(enum.Enum):
 # Looking up an enum member costs ~55 ns in Python 3.11, as much as the rest
 # of a read's bookkeeping: the per-read checks compare against this instead.
 _OPEN = Phase.OPEN
-
-
-class Ending(enum.Enum):
-    """Why a connection is closing."""
-
-    #: Refused at connect (over a connection limit): no disconnect record.
-    REFUSED = enum.auto()
-    #: The server closed it: a line too long or a timeout.
-    POLICY = enum.auto()
-    #: The server is stopping.
-    SHUTDOWN = enum.auto()
-    #: The client shut its write side and has every reply.
-    CLIENT_DONE = enum.auto()
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
@@ -137,7 +127,7 @@ class ChatProtocol(TwistedProtocol):
         # it; the most it reads at once (ChatFactory.size_buffers).
         self.send_buffer_full, self.send_full_at = False, 0.0
         self.reading_paused, self.read_size = False, factory.small_buffer
-        self._abort_call: IDelayedCall | None = None
+        self._closing: ServerClose | None = None  # a close the server decided
 
     @property
     def reading(self) -> bool:
@@ -174,9 +164,8 @@ class ChatProtocol(TwistedProtocol):
         return True
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._abort_call is not None and self._abort_call.active():
-            self._abort_call.cancel()
-        self._abort_call = None
+        if self._closing is not None:
+            self._closing.cancel()
         was, self.phase = self.phase, Phase.CLOSED
         self.factory.socket_closed()
         clean = reason.check(ConnectionDone) is not None
@@ -211,6 +200,8 @@ class ChatProtocol(TwistedProtocol):
         """The client shut its write side: answer what it sent, then close."""
         self._client_done_sending = True
         if not self.reading:
+            if self._closing is not None:
+                self._closing.client_closed()  # the end of the drain after a server close
             return
         if self._buffer and not self._backlogged:
             # End of stream ends the last line too (after a backlog, _next_slice does).
@@ -220,8 +211,7 @@ class ChatProtocol(TwistedProtocol):
         self._close_if_done()
 
     def writeConnectionLost(self) -> None:
-        """The client will read nothing more: nothing left to do."""
-        self._finish(Ending.CLIENT_DONE)
+        """Our write side is shut (a server close): the client's close or the grace ends it."""
 
     # -- the PROXY header (haproxy: ports) ---------------------------------------
 
@@ -447,34 +437,28 @@ class ChatProtocol(TwistedProtocol):
             self.log.ackAfterWrite(self)
 
     def _close_if_done(self) -> None:
+        """A client that shut its write side: close once its last replies are out."""
         if self._client_done_sending and not self._log_callback_due and not self._backlogged:
-            self._finish(Ending.CLIENT_DONE)
-
-    def _finish(self, ending: Ending) -> None:
-        """Close gracefully once what is buffered is sent."""
-        if self.phase is not Phase.CLOSED:
-            self.phase = Phase.CLOSING
-        if self.ending is None:
-            self.ending = ending
-        if self.transport.producer is not None:
-            # With a paused producer registered, Twisted would wait for it to
-            # be resumed before honouring loseConnection.
-            self.transport.unregisterProducer()
-        self.transport.loseConnection()
+            if self.phase is not Phase.CLOSED:
+                self.phase = Phase.CLOSING
+            if self.ending is None:
+                self.ending = Ending.CLIENT_DONE
+            close_when_sent(self.transport)
 
     def _close_with_grace(self) -> None:
-        """Close, and abort if the client has not read its last lines in time."""
-        self._finish(Ending.SHUTDOWN)  # keeps an ending already given
-        if self._abort_call is None:
-            self._abort_call = self.clock.callLater(
-                self.factory.close_grace, self.transport.abortConnection
-            )
+        """Close without a reset (see :mod:`~chatlog.server.closing`); abort after the grace."""
+        if self.phase is Phase.CLOSED or self._closing is not None:
+            return
+        self.phase = Phase.CLOSING
+        if self.ending is None:
+            self.ending = Ending.SHUTDOWN
+        self._closing = ServerClose(
+            self.transport, self.clock, self.factory.close_grace, self._client_done_sending
+        )
 
     def shutdown(self) -> None:
         """The server is stopping: close after the replies already due."""
-        if self.phase is Phase.CLOSED or (
-            self.phase is Phase.CLOSING and self._abort_call is not None
-        ):
+        if self.phase is Phase.CLOSED or self._closing is not None:
             return
         self.phase = Phase.CLOSING
         self._backlogged = False

@@ -16,13 +16,16 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from chatlog.log import LogWriter, RecordParser, make_formatter, unescape_text
+from chatlog.server.closing import can_half_close
 from chatlog.server.factory import ChatFactory
 from chatlog.server.protocol import ChatProtocol
 
@@ -744,3 +747,115 @@ def test_a_client_that_reads_nothing_is_idle_from_when_its_replies_filled_up(
     log.flush()
     assert transport.disconnecting and log.events[-1]["kind"] == "idle"
     factory.stopFactory()
+
+
+# -- closes the server decides: the write side shut after the replies, input drained, no reset
+
+
+class HalfClosingTransport(SlowReaderTransport):
+    """A slow reader's transport that, like Twisted's TCP one, can shut its write side alone.
+
+    ``write_shut`` says ``loseWriteConnection`` was called; once the client
+    has read everything (:meth:`drain`), the protocol hears that its write
+    side is shut, as Twisted tells it after sending the last queued byte.
+    """
+
+    write_shut = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_shut = True
+
+    def write(self, data: bytes) -> None:
+        assert not self.write_shut, f"{data!r} written after the write side was shut"
+        super().write(data)
+
+    def drain(self) -> bytes:
+        read = super().drain()
+        if self.write_shut:
+            self.protocol.writeConnectionLost()
+        return read
+
+
+def connect_half_closing(factory: ChatFactory) -> tuple[ChatProtocol, HalfClosingTransport]:
+    proto = factory.buildProtocol(None)
+    transport = HalfClosingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 53122))
+    transport.protocol = proto
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def test_a_stop_shuts_the_write_side_and_reads_on_to_the_clients_end(
+    factory: ChatFactory, log: FakeLog, clock: Clock
+) -> None:
+    """A stop half-closes after the due replies, even while reading was paused; nothing read after it counts."""
+    proto, transport = connect_half_closing(factory)
+    transport.bufferSize = 64
+    proto.dataReceived(b"".join(b"due %d\n" % i for i in range(10)))
+    log.flush()
+    assert transport.producerState == "paused"  # replies backed up: the client is not read
+    factory.closeAll()
+    # Closing the socket now, with the client's input unread, would reset it.
+    assert not transport.disconnecting and transport.write_shut
+    assert transport.producer is None and transport.producerState == "producing"
+    proto.dataReceived(b"after the stop\n")
+    proto.readConnectionLost()  # the client's end of stream: nothing is left to read
+    log.flush()
+    assert transport.drain() == b"".join(REPLY + b"due %d\n" % i for i in range(10))
+    assert transport.disconnecting
+    assert log.messages() == [b"due %d" % i for i in range(10)]
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []  # the grace's abort is cancelled
+    assert [e["how"] for e in log.events if e["event"] == "disconnect"] == ["closed"]
+
+
+@pytest.mark.parametrize("reads", [False, True], ids=["reads nothing", "reads, never closes"])
+def test_a_policy_close_half_closes_and_aborts_after_the_grace(
+    factory: ChatFactory, log: FakeLog, clock: Clock, reads: bool
+) -> None:
+    """A line too long: replies and ERROR, then only the write side shut; a client that stays is aborted."""
+    proto, transport = connect_half_closing(factory)
+    proto.dataReceived(b"ok\n" + b"A" * 150 + b"\nforged\n")
+    log.flush()
+    assert transport.write_shut and not transport.disconnecting
+    proto.dataReceived(b"more forged\n")
+    log.flush()
+    if reads:
+        assert transport.drain() == REPLY + b"ok\nERROR line too long (max 100 bytes)\n"
+    assert not transport.disconnecting
+    clock.advance(factory.close_grace)
+    assert transport.disconnected  # aborted
+    assert log.messages() == [b"ok"]
+
+
+def test_a_stop_after_the_clients_end_closes_at_once(factory: ChatFactory, log: FakeLog) -> None:
+    """A client that shut its write side has nothing left unread: a stop closes, no half-close."""
+    proto, transport = connect_half_closing(factory)
+    proto.dataReceived(b"bye\n")
+    proto.readConnectionLost()
+    factory.closeAll()
+    log.flush()
+    assert transport.value() == REPLY + b"bye\n"
+    assert transport.disconnecting and not transport.write_shut
+
+
+def test_a_close_due_after_the_connection_is_lost_does_nothing(
+    factory: ChatFactory, log: FakeLog, clock: Clock
+) -> None:
+    """A policy close whose log write comes back after the connection was lost closes nothing."""
+    proto, transport = connect_half_closing(factory)
+    proto.dataReceived(b"B" * 150)
+    proto.connectionLost(Failure(ConnectionLost()))
+    log.settle(clock)
+    assert not transport.write_shut and not transport.disconnecting
+    assert clock.getDelayedCalls() == []
+
+
+def test_only_a_transport_that_can_itself_half_close_is_half_closed() -> None:
+    """TCP and UNIX transports shut one side; TLS, which forwards unknown names to TCP, must not."""
+    assert can_half_close(object.__new__(tcp.Server))
+    assert can_half_close(object.__new__(unix.Server))
+    tls = object.__new__(TLSMemoryBIOProtocol)
+    tls.transport = object.__new__(tcp.Server)
+    assert hasattr(tls, "loseWriteConnection")  # TLS's __getattr__ finds TCP's
+    assert not can_half_close(tls)
+    assert not can_half_close(StringTransport())
