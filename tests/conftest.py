@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,19 @@ from typing import Any
 import pytest
 
 from tests.support.twistd import RunningServer, start_server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the servers the tests start take Ctrl-C, as from a terminal.
+
+    A shell starts a background job with SIGINT ignored, and an ignored
+    signal stays ignored across exec: twistd would then never see SIGINT
+    (Twisted installs its handler only over Python's default one), and the
+    SIGINT tests would fail for the way the suite was started, not for
+    chatlog.  A handled signal is reset to its default in a child.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
