@@ -2,6 +2,10 @@
 
 - :mod:`~chatlog.server.tap`: the options and ``makeService`` (wiring only);
 - :mod:`~chatlog.server.protocol`: one connection (lines in, replies out after the log write);
+- :mod:`~chatlog.server.closing`: how the server closes a connection (replies first, no reset);
+- :mod:`~chatlog.server.proxy`: strict PROXY v1/v2 headers for ``haproxy:`` ports;
+- :mod:`~chatlog.server.closing`: how the server closes a connection (replies first, no reset);
+- :mod:`~chatlog.server.proxy`: strict PROXY v1/v2 headers for ``haproxy:`` ports;
 - :mod:`~chatlog.server.factory`: what connections share (ids, limits, timeouts, counters);
 - :mod:`~chatlog.server.service`: listening, the log's lifetime, SIGHUP, a clean stop;
 - :mod:`~chatlog.server.listening`: the ``--port`` endpoint, shared or inherited by workers;

@@ -11,8 +11,8 @@ one listening endpoint (built by :mod:`chatlog.server.tap`):
   ``--port tcp:0`` is usable) and installs a SIGHUP handler that reopens the
   log, for logrotate;
 - ``stopService`` (SIGTERM, Ctrl-C) stops listening, sends the replies that
-  are due, closes every connection (aborting those that do not read within a
-  grace period), writes ``Server Stopped`` (connections, messages logged
+  are due, closes every connection (its write side first, so replies are not lost
+  to a reset; aborting those that do not read and close within a grace period), writes ``Server Stopped`` (connections, messages logged
   and refused) and closes the log.
 
 It listens itself rather than through ``StreamServerEndpointService``,
