@@ -279,15 +279,4 @@ def table(rows: Sequence[Row]) -> str:
         ]
         for row in rows
     ]
-    widths = [max(len(line[i]) for line in [head, *cells]) for i in range(len(head))]
-    lines = []
-    for i, line in enumerate([head, *cells]):
-        lines.append(
-            "  ".join(
-                cell.ljust(width) if j < 3 else cell.rjust(width)
-                for j, (cell, width) in enumerate(zip(line, widths, strict=True))
-            ).rstrip()
-        )
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return output.aligned(head, cells, left=3)

@@ -104,20 +104,24 @@ def table_cells(rows: Sequence[Row]) -> list[list[str]]:
     return cells
 
 
-def text_table(rows: Sequence[Row]) -> str:
-    cells = table_cells(rows)
-    widths = [max(len(c[i]) for c in [COLUMNS, *cells]) for i in range(len(COLUMNS))]
+def aligned(head: Sequence[str], cells: Sequence[Sequence[str]], left: int) -> str:
+    """A plain text table: the first ``left`` columns flush left, the numbers flush right."""
+    widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
     lines = []
-    for i, line in enumerate([COLUMNS, *cells]):
+    for i, line in enumerate([head, *cells]):
         lines.append(
             "  ".join(
-                cell.ljust(width) if j < 2 else cell.rjust(width)
+                cell.ljust(width) if j < left else cell.rjust(width)
                 for j, (cell, width) in enumerate(zip(line, widths, strict=True))
             ).rstrip()
         )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def text_table(rows: Sequence[Row]) -> str:
+    return aligned(COLUMNS, table_cells(rows), left=2)
 
 
 def rst_table(rows: Sequence[Row]) -> str:
