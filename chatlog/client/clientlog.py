@@ -1,86 +1,251 @@
 """The client's own log (``--logfile``): one record per message sent and per reply.
 
-The hot path only appends a small tuple to :attr:`ClientLog.pending`; the
-records are formatted by :func:`chatlog.log.make_formatter` (the server's
-three formats) and written with one ``os.write`` per :meth:`ClientLog.flush`,
-which the client calls a few times a second and at the end.  Formatting and
-writing in batches keeps the log from making the client the bottleneck.
+The log must not change what it measures.  Formatting a record costs a few
+microseconds, as much as a round trip's whole work in the client, so none of
+it happens on the measuring loop.  The hot path appends one small tuple of
+numbers (a *compact record*, below) per reply, or per write in the open loop;
+a few times a second :meth:`ClientLog.flush` hands the batch on in bulk.  In
+a load run it goes, serialised with ``marshal``, to a spool file read by a
+separate writer process (:mod:`chatlog.client.logwriter`) that runs at the
+lowest CPU priority: on a busy machine it formats when the run leaves a core
+idle, at the latest once the run is over, and the client exits only when the
+log is complete.  The conversation's few records are formatted in place.
 
-Times are taken on the monotonic clock (``time.perf_counter_ns``) like the
-round trips, and turned into wall-clock time at flush with one offset, so a
-``Message Received`` record is exactly its round trip after its
-``Message Sent`` record.
+Compact records (times are ``time.perf_counter_ns`` readings)::
+
+    (REPLY, conn, seq, start_ns, now_ns)             the expected reply to message seq
+    (REPLY_LINE, conn, seq, start_ns, now_ns, line)  any other line (seq 0: none was due)
+    (SENT, conn, first_seq, count, now_ns)           load messages sent with one write
+    (SENT_LINE, conn, seq, now_ns, line)             a line of the conversation
+
+A load message's text is known from its connection and number
+(:func:`~chatlog.client.plan.payload`), so it is not carried.  In the closed
+loop a reply's ``start_ns`` is its message's send time, so no ``SENT`` record
+is needed (``derive_sent``): its ``Message Sent`` record is made from the
+reply, and records are put back in time order with a *watermark* (the send
+time of the oldest message still in flight) given with each batch.  Records
+are formatted by :func:`chatlog.log.make_formatter` (the server's three
+formats); monotonic readings are turned into wall-clock time with one pair of
+readings, so a ``Message Received`` record is exactly its round trip after
+its ``Message Sent`` record.
 """
 
 from __future__ import annotations
 
+import marshal
+import operator
 import os
+import struct
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+from chatlog.client.plan import payload
 from chatlog.log import make_formatter
+from chatlog.wire import REPLY_PREFIX
 
-#: A pending record: ("sent", perf_ns, conn, seq, payload, 0)
-#: or ("reply", perf_ns, conn, seq, reply_line, rtt_ns).
-Pending = tuple[str, int, int, int, bytes, int]
+REPLY, REPLY_LINE, SENT, SENT_LINE = range(4)
+#: A pending record: one of the compact tuples above.
+Pending = tuple[Any, ...]
+#: A spool frame: its length, then marshal data; length 0 ends the spool.
+FRAME = struct.Struct("<I")
+_NEVER = 1 << 62
 
 
-class ClientLog:
-    """Append formatted records to ``path`` (``O_APPEND``), in batches."""
+class Book:
+    """Compact records in, formatted lines out, in time order up to each watermark."""
 
-    def __init__(
-        self, path: str, format_name: str = "event", utc: bool = False, ip: str = "", port: int = 0
-    ) -> None:
-        self.path = path
-        self.format = make_formatter(format_name, utc)
-        self.ip = ip
-        self.port = port
-        self.pending: list[Pending] = []
+    def __init__(self, header: dict[str, Any]) -> None:
+        self.format = make_formatter(header["format"], header["utc"])
+        self.ip = header["ip"]
+        self.port = header["port"]
+        self.size = header["size"]
+        self.expect = header["expect"]
+        self.derive_sent = header["derive_sent"]
+        self._wall0: float = header["wall0"]
+        self._perf0: int = header["perf0"]
+        #: (time_ns, kind, conn, seq, text, rtt_ns) not yet written: newer than the watermark.
+        self.held: list[tuple[int, str, int, int, bytes, int]] = []
         self.records = 0
-        # One pair of readings fixes the wall-clock time of every monotonic reading.
-        self._wall0 = time.time()
-        self._perf0 = time.perf_counter_ns()
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
 
     def wall_time(self, perf_ns: int) -> float:
         return self._wall0 + (perf_ns - self._perf0) / 1e9
 
-    def events(self, pending: list[Pending]) -> list[dict[str, Any]]:
-        """The event dicts of ``pending`` records, as :mod:`chatlog.log.events` describes them."""
-        ip, port, wall_time = self.ip, self.port, self.wall_time
-        out: list[dict[str, Any]] = []
-        for kind, when, conn, seq, msg, rtt_ns in pending:
-            event = {
+    def feed(self, watermark: int, records: list[Pending]) -> bytes:
+        """Take ``records``; return the lines of every record older than ``watermark``."""
+        held = self.held
+        add = held.append
+        size, expect, derive = self.size, self.expect, self.derive_sent
+        for record in records:
+            kind = record[0]
+            if kind == REPLY:
+                _, conn, seq, start, now = record
+                text = payload(conn, seq, size)
+                if derive:
+                    add((start, "sent", conn, seq, text, 0))
+                add((now, "reply", conn, seq, expect + text, now - start))
+            elif kind == REPLY_LINE:
+                _, conn, seq, start, now, line = record
+                if derive and seq:
+                    add((start, "sent", conn, seq, payload(conn, seq, size), 0))
+                add((now, "reply", conn, seq, line, now - start if seq else 0))
+            elif kind == SENT:
+                _, conn, first, count, now = record
+                for seq in range(first, first + count):
+                    add((now, "sent", conn, seq, payload(conn, seq, size), 0))
+            else:
+                _, conn, seq, now, line = record
+                add((now, "sent", conn, seq, line, 0))
+        # Nearly sorted already: only the derived sends are out of place.
+        held.sort(key=operator.itemgetter(0))
+        cut = len(held)
+        while cut and held[cut - 1][0] >= watermark:
+            cut -= 1
+        ready, self.held = held[:cut], held[cut:]
+        self.records += len(ready)
+        return self._lines(ready)
+
+    def drain(self) -> bytes:
+        """Every record still held (the run is over)."""
+        return self.feed(_NEVER, [])
+
+    def _lines(self, ready: list[tuple[int, str, int, int, bytes, int]]) -> bytes:
+        ip, port, wall_time, fmt = self.ip, self.port, self.wall_time, self.format
+        out = []
+        for when, kind, conn, seq, text, rtt_ns in ready:
+            event: dict[str, Any] = {
                 "event": kind,
                 "time": wall_time(when),
                 "ip": ip,
                 "port": port,
                 "conn": conn,
                 "seq": seq,
-                "msg": msg,
+                "msg": text,
             }
             if kind == "reply":
                 event["rtt_ms"] = round(rtt_ns / 1e6, 6)
-            out.append(event)
-        return out
+            out.append(fmt(event))
+        return b"".join(out)
 
-    def flush(self) -> None:
-        """Format what is pending and write it with one ``write`` (looping on short writes)."""
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class ClientLog:
+    """Append the client's records to ``path`` (``O_APPEND``), formatted off the measuring loop.
+
+    ``background`` (load runs): formatting and writing happen in a writer
+    process fed through a spool file; otherwise (the conversation) at
+    :meth:`flush`, in this process.  A load run describes its messages
+    (:meth:`describe`) before the first record.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        format_name: str = "event",
+        utc: bool = False,
+        ip: str = "",
+        port: int = 0,
+        *,
+        background: bool = False,
+    ) -> None:
+        make_formatter(format_name, utc)  # an unknown format fails here, not in the writer
+        self.path = path
+        self.pending: list[Pending] = []
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        # One pair of readings fixes the wall-clock time of every monotonic reading.
+        self.header: dict[str, Any] = {
+            "format": format_name,
+            "utc": utc,
+            "ip": ip,
+            "port": port,
+            "size": 0,
+            "expect": REPLY_PREFIX,
+            "derive_sent": False,
+            "wall0": time.time(),
+            "perf0": time.perf_counter_ns(),
+        }
+        self._book: Book | None = None
+        # Started now, so that its start-up overlaps connecting.
+        self._spool = Spool(self._fd) if background else None
+
+    def describe(self, size: int, expect: bytes, derive_sent: bool) -> None:
+        """A load run's messages: their size, the reply's prefix, and whether the
+        replies' start times are the send times (closed loop)."""
+        self.header.update(size=size, expect=expect, derive_sent=derive_sent)
+
+    def flush(self, watermark: int = _NEVER) -> None:
+        """Hand what is pending on; records older than ``watermark`` are complete."""
         if not self.pending:
             return
-        pending = self.pending[:]
+        batch = self.pending[:]
         # Cleared in place: the protocols hold this list's bound append.
         self.pending.clear()
-        data = memoryview(b"".join(map(self.format, self.events(pending))))
-        while data:
-            written = os.write(self._fd, data)
-            data = data[written:]
-        self.records += len(pending)
+        if self._spool is not None:
+            self._spool.send(self.header, watermark, batch)
+        else:
+            if self._book is None:
+                self._book = Book(self.header)
+            write_all(self._fd, self._book.feed(watermark, batch))
 
     def close(self) -> None:
-        if self._fd >= 0:
-            try:
-                self.flush()
-            finally:
-                os.close(self._fd)
-                self._fd = -1
+        """Write everything, and wait for the writer process to finish the log."""
+        if self._fd < 0:
+            return
+        try:
+            self.flush()
+            if self._spool is not None:
+                self._spool.close()
+            elif self._book is not None:
+                write_all(self._fd, self._book.drain())
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Spool:
+    """The batches, marshalled into an unlinked temporary file that a writer process reads.
+
+    The first frame is the log's header, sent with the first batch (a load
+    run describes its messages after the log is opened).
+    """
+
+    def __init__(self, log_fd: int) -> None:
+        # Kept open for the writer's whole life, closed in close(): no with-block fits.
+        self._file = tempfile.TemporaryFile(prefix="chatlog-client-log-")  # noqa: SIM115
+        self._fd = self._file.fileno()
+        self._started = False
+        # The writer imports the same chatlog as this process, installed or not.
+        root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chatlog.client.logwriter", str(self._fd), str(log_fd)],
+            pass_fds=(self._fd, log_fd),
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+
+    def _frame(self, data: bytes) -> None:
+        write_all(self._fd, FRAME.pack(len(data)) + data)
+
+    def send(self, header: dict[str, Any], watermark: int, batch: list[Pending]) -> None:
+        if not self._started:
+            self._started = True
+            self._frame(marshal.dumps(header))
+        self._frame(marshal.dumps((watermark, batch)))
+
+    def close(self) -> None:
+        try:
+            write_all(self._fd, FRAME.pack(0))
+            self.proc.wait()
+        finally:
+            self._file.close()

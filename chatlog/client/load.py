@@ -7,95 +7,44 @@ drive them over ``StringTransport`` with a ``task.Clock``.
 
 Closed loop (no ``--rate``): each connection keeps ``pipeline`` messages in
 flight; the replies of one read are matched, then as many new messages are
-sent with one write.  Open loop (``--rate R``): message *k* of the run is due
-at ``start + k/R`` on connection ``k mod N``; a timer sends every due message,
-one write per connection, and a message's latency counts from when it was
-*due*, so a stalled server shows up in the percentiles instead of silently
-slowing the client down (coordinated omission).
+sent with one write.  Open loop (``--rate R``): the schedule of
+:mod:`chatlog.client.schedule` sends every due message, and latency counts
+from when it was due.
 
-Every message carries its id, ``c<conn>-s<seq>-`` padded with ``x`` to
-``--size`` bytes: replies come back in order on a connection and are checked
-against what was sent, and the server's log can be checked for every id.
+What is counted where: a reply that is ``--expect`` plus its message is a
+round trip; any other line is an error, except chatlog's refusal of a
+connection (``ERROR server busy``...), which counts that connection as
+refused, once, and nothing else.  A run that gives up (no reply within
+``--timeout``) counts the messages still in flight as errors; an interrupted
+run (Ctrl-C) counts them as unanswered, and closes its connections without
+calling them lost.
 """
 
 from __future__ import annotations
 
-import math
-import re
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from chatlog.client.clientlog import ClientLog
+from chatlog.client.clientlog import REPLY, REPLY_LINE, SENT, ClientLog
+from chatlog.client.plan import MESSAGE_ID, REFUSALS, LoadPlan, payload, why_lost
+from chatlog.client.schedule import OpenLoop
 from chatlog.client.stats import Recorder, Summary, cpu_seconds
-from chatlog.wire import REPLY_PREFIX
 
-_PREFIX_LEN = len(REPLY_PREFIX)
-#: The id at the start of every load message: connection and sequence number.
-MESSAGE_ID = re.compile(rb"c(\d+)-s(\d+)-")
+__all__ = ["MESSAGE_ID", "TICK", "LoadPlan", "LoadProtocol", "LoadRun", "payload", "why_lost"]
+
 #: Seconds between folds of the histogram, log flushes and progress updates.
 TICK = 0.2
 #: Connection problems kept word for word; beyond them only counted.
 _MAX_PROBLEMS = 5
-
-
-def why_lost(reason: Failure) -> str:
-    """A connection's end in a few words: closed, reset, TLS refused..."""
-    if reason.check(ConnectionDone):
-        return "closed by the server"
-    try:
-        from OpenSSL.SSL import Error as TLSError
-    except ImportError:  # no TLS support installed: no TLS failures either
-        return reason.getErrorMessage()
-    if reason.check(TLSError):
-        args = getattr(reason.value, "args", None) or [[]]
-        causes = [entry[-1] for entry in args[0] if entry]
-        return "TLS failed: " + ("; ".join(causes) or "handshake error")
-    return reason.getErrorMessage()
-
-
-def payload(conn: int, seq: int, size: int) -> bytes:
-    """The load message ``seq`` of connection ``conn``: its id padded to ``size`` bytes."""
-    return (b"c%d-s%d-" % (conn, seq)).ljust(size, b"x")
-
-
-@dataclass
-class LoadPlan:
-    """What to send: the load options, checked."""
-
-    connections: int = 1
-    messages: int | None = None  # per connection (counted ones, after --warmup)
-    duration: float | None = None  # seconds, after --warmup
-    size: int = 16
-    pipeline: int = 1
-    rate: float | None = None  # total msgs/s: open loop
-    warmup: float = 0.0
-    timeout: float = 10.0  # give up when no reply came for this long
-    conn_offset: int = 0  # --procs: connection ids of this worker start after it
-
-    @classmethod
-    def from_options(cls, options: Any) -> LoadPlan:
-        return cls(
-            connections=options.connections,
-            messages=options.messages,
-            duration=options.duration,
-            size=options.size,
-            pipeline=options.pipeline,
-            rate=options.rate,
-            warmup=options.warmup,
-            timeout=options.timeout,
-            conn_offset=options.conn_offset,
-        )
 
 
 class LoadProtocol(Protocol):
@@ -108,6 +57,8 @@ class LoadProtocol(Protocol):
         self.conn = conn
         self.size = run.plan.size
         self.pipeline = run.plan.pipeline
+        self.expect = run.plan.expect
+        self.reply_len = len(self.expect) + self.size
         #: Counted messages still to send (closed loop with --messages), else None.
         self.budget = run.plan.messages if run.plan.rate is None else None
         self.closed_loop = run.plan.rate is None
@@ -119,6 +70,7 @@ class LoadProtocol(Protocol):
         self.errors = 0
         self.last_reply_ns = 0
         self.connected = False
+        self.refused = False
         self.done = False
         self._now = run.now_ns
         self._record = run.recorder.pending.append
@@ -139,6 +91,7 @@ class LoadProtocol(Protocol):
         measure_from = self.run.measure_from
         if count == 1 and due is None:
             # The closed loop's usual case, kept short: one message, one write.
+            # (Its log record is made from the reply: see chatlog.client.clientlog.)
             self.seq = first
             message = (b"c%d-s%d-" % (conn, first)).ljust(size, b"x")
             self.transport.write(message + b"\n")
@@ -146,8 +99,6 @@ class LoadProtocol(Protocol):
             self.inflight.append((first, message, now, counted))
             if counted and self.budget is not None:
                 self.budget -= 1
-            if self._log is not None:
-                self._log(("sent", now, conn, first, message, 0))
             return
         seqs = range(first, first + count)
         self.seq += count
@@ -164,10 +115,8 @@ class LoadProtocol(Protocol):
             self.inflight.extend(
                 (s, p, t, t >= measure_from) for s, p, t in zip(seqs, payloads, due, strict=True)
             )
-        log = self._log
-        if log is not None:
-            for s, p in zip(seqs, payloads, strict=True):
-                log(("sent", now, conn, s, p, 0))
+            if self._log is not None:
+                self._log((SENT, conn, first, count, now))
 
     def refill(self, now: int) -> None:
         """Closed loop: top the pipeline up, or finish when nothing more is to come."""
@@ -195,26 +144,30 @@ class LoadProtocol(Protocol):
         popleft = inflight.popleft
         record = self._record
         log = self._log
+        expect = self.expect
         good = 0
         for line in lines:
             if not inflight:
-                self.errors += 1
-                self.run.bad_reply(self, line)
+                if self._unexpected(line, now):
+                    return
                 continue
             seq, sent, start, counted = popleft()
-            if (
-                len(line) == len(sent) + _PREFIX_LEN
-                and line.endswith(sent)
-                and line.startswith(REPLY_PREFIX)
-            ):
+            if len(line) == self.reply_len and line.endswith(sent) and line.startswith(expect):
                 if counted:
                     record((now - start) // 1000)
                     good += 1
+                if log is not None:
+                    log((REPLY, self.conn, seq, start, now))
+            elif line in REFUSALS:
+                # Sent at connect, before any reply: it answers none of our messages.
+                inflight.appendleft((seq, sent, start, counted))
+                self.refuse(line, now)
+                return
             else:
                 self.errors += 1
                 self.run.bad_reply(self, line)
-            if log is not None:
-                log(("reply", now, self.conn, seq, line, now - start))
+                if log is not None:
+                    log((REPLY_LINE, self.conn, seq, start, now, line))
         if good:
             self.replies += good
             self.last_reply_ns = now
@@ -229,7 +182,24 @@ class LoadProtocol(Protocol):
         elif not inflight and not self.run.sending:
             self.finish()
 
+    def _unexpected(self, line: bytes, now: int) -> bool:
+        """A line no message awaits, or a refusal (then True: read no further)."""
+        if line in REFUSALS:
+            self.refuse(line, now)
+            return True
+        self.errors += 1
+        self.run.bad_reply(self, line)
+        if self._log is not None:
+            self._log((REPLY_LINE, self.conn, 0, now, now, line))
+        return False
+
     # -- ending -------------------------------------------------------------------
+
+    def _log_unanswered(self) -> None:
+        """In the closed loop a message's Sent record comes with its reply: log those with none."""
+        if self._log is not None and self.closed_loop:
+            for seq, _, start, _ in self.inflight:
+                self._log((SENT, self.conn, seq, 1, start))
 
     def finish(self) -> None:
         """All replies are in and nothing more is to be sent: close."""
@@ -238,10 +208,28 @@ class LoadProtocol(Protocol):
             self.transport.loseConnection()
             self.run.protocol_done(self)
 
-    def abandon(self) -> None:
-        """Give up on the replies still missing (they count as errors) and abort."""
+    def refuse(self, line: bytes, now: int) -> None:
+        """The server refused this connection: one refusal, its messages are no one's errors."""
+        if self._log is not None:
+            self._log((REPLY_LINE, self.conn, 0, now, now, line))
+        self._log_unanswered()
+        self.inflight.clear()
+        self.refused = self.done = True
+        self.transport.loseConnection()
+        self.run.connection_refused(self, line)
+
+    def abandon(self, unanswered: bool = False) -> None:
+        """Give up on the replies still missing and abort.
+
+        They are errors (no reply within ``--timeout``), or with ``unanswered``
+        (the run was interrupted) merely unanswered.
+        """
         if not self.done:
-            self.errors += len(self.inflight)
+            self._log_unanswered()
+            if unanswered:
+                self.run.unanswered += len(self.inflight)
+            else:
+                self.errors += len(self.inflight)
             self.inflight.clear()
             self.done = True
             if self.connected:
@@ -251,74 +239,11 @@ class LoadProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
         if not self.done:
+            self._log_unanswered()
             self.errors += len(self.inflight)
             self.inflight.clear()
             self.done = True
             self.run.connection_lost(self, reason)
-
-
-class OpenLoop:
-    """The fixed schedule of ``--rate``: message k due at start + k/R on connection k mod N."""
-
-    def __init__(self, run: LoadRun, start_ns: int) -> None:
-        plan = run.plan
-        assert plan.rate is not None
-        self.run = run
-        self.start_ns = start_ns
-        self.interval_ns = 1e9 / plan.rate
-        if plan.messages is not None:
-            warm = math.ceil(plan.rate * plan.warmup)
-            self.total = warm + plan.messages * plan.connections
-        else:
-            self.total = math.ceil(plan.rate * (plan.warmup + (plan.duration or 0.0)))
-        self.next = 0  # the first message not sent yet
-        self.call: IDelayedCall | None = None
-
-    def due_time(self, k: int) -> int:
-        return self.start_ns + int(k * self.interval_ns)
-
-    def due_count(self, now: int) -> int:
-        """How many messages are due at ``now``: those with ``due_time(k) <= now``.
-
-        The float estimate is corrected against :meth:`due_time` itself, so
-        that the next timer is always strictly in the future (a timer at zero
-        delay that sends nothing would spin).
-        """
-        due = min(self.total, max(0, int((now - self.start_ns) / self.interval_ns) + 1))
-        while due < self.total and self.due_time(due) <= now:
-            due += 1
-        while due > 0 and self.due_time(due - 1) > now:
-            due -= 1
-        return due
-
-    def tick(self) -> None:
-        self.call = None
-        run = self.run
-        now = run.now_ns()
-        due = self.due_count(now)
-        first, self.next = self.next, max(due, self.next)
-        if due > first:
-            protocols = run.protocols
-            n = len(protocols)
-            for index, proto in enumerate(protocols):
-                ks = range(first + (index - first) % n, due, n)
-                if not ks:
-                    continue
-                if proto.done:
-                    # The connection is gone: its share of the schedule cannot be sent.
-                    run.unsent += len(ks)
-                    continue
-                proto.send(len(ks), now, [self.due_time(k) for k in ks])
-        if self.next >= self.total:
-            run.stop_sending()
-            return
-        delay = (self.due_time(self.next) - run.now_ns()) / 1e9
-        self.call = run.clock.callLater(max(delay, 0.0), self.tick)
-
-    def cancel(self) -> None:
-        if self.call is not None and self.call.active():
-            self.call.cancel()
-        self.call = None
 
 
 class LoadRun:
@@ -336,7 +261,12 @@ class LoadRun:
         self.clock = clock
         self.now_ns = now_ns
         self.log = log
+        if log is not None:
+            log.describe(plan.size, plan.expect, derive_sent=plan.rate is None)
         self.on_tick = on_tick
+        #: Called when the measured window opens (after --warmup), and at the end.
+        self.on_measure: Callable[[LoadRun], None] | None = None
+        self.on_end: Callable[[LoadRun], None] | None = None
         self.recorder = Recorder()
         self.protocols: list[LoadProtocol] = []
         self.sending = False
@@ -345,17 +275,23 @@ class LoadRun:
         #: Messages sent (closed loop) or due (open loop) from this time on are counted.
         self.measure_from = 1 << 62
         self.end_ns = 0
-        self.unsent = 0  # open loop: messages due on a connection already gone
+        self.unsent = 0  # open loop: messages due on a connection already lost
+        self.refused = 0  # connections the server refused
+        self.refusal = ""  # the server's words, the last time
+        self.unanswered = 0  # messages in flight when the run was interrupted
+        self.interrupted = False
         self.problems: list[str] = []  # the first few, word for word
         self.problem_count = 0
         self.lost = 0  # connections dropped before their end
         self.finished: Deferred[None] = Deferred()
+        self.schedule: OpenLoop | None = None
         self._open = 0
-        self._stop_call: IDelayedCall | None = None
-        self._schedule: OpenLoop | None = None
+        self._calls: list[IDelayedCall] = []
         self._ticker: LoopingCall | None = None
         self._cpu0 = 0.0
         self._cpu = 0.0
+        # The client's CPU over the measured window: (cpu s, ns) at its start and end.
+        self._window: list[tuple[float, int]] = []
         self._last_progress = 0  # replies + errors at the last tick with progress
         self._last_progress_ns = 0
 
@@ -377,6 +313,16 @@ class LoadRun:
         self.lost += 1
         self._problem(f"connection #{proto.conn} lost: {why_lost(reason)}")
         self.protocol_done(proto)
+
+    def connection_refused(self, proto: LoadProtocol, line: bytes) -> None:
+        self.refused += 1
+        self.refusal = line.decode("ascii", "replace")
+        self.protocol_done(proto)
+
+    def not_sent(self, proto: LoadProtocol, count: int) -> None:
+        """Open loop: ``count`` messages were due on a connection that is gone."""
+        if not proto.refused:
+            self.unsent += count  # a refused connection is counted once, as refused
 
     def bad_reply(self, proto: LoadProtocol, line: bytes) -> None:
         self._problem(f"connection #{proto.conn}: unexpected reply {line[:80]!r}")
@@ -400,13 +346,17 @@ class LoadRun:
         self._ticker = LoopingCall(self.tick)
         self._ticker.clock = self.clock
         self._ticker.start(TICK, now=False)
+        if plan.warmup > 0:
+            self._calls.append(self.clock.callLater(plan.warmup, self._measuring))
+        else:
+            self._measuring()
         if plan.rate is not None:
-            self._schedule = OpenLoop(self, now)
-            self._schedule.tick()
+            self.schedule = OpenLoop(self, now)
+            self.schedule.tick()
         else:
             if plan.duration is not None:
-                self._stop_call = self.clock.callLater(
-                    plan.warmup + plan.duration, self.stop_sending
+                self._calls.append(
+                    self.clock.callLater(plan.warmup + plan.duration, self.stop_sending)
                 )
             for proto in self.protocols:
                 if not proto.done:
@@ -415,19 +365,33 @@ class LoadRun:
             self._end()
         return self.finished
 
+    def _measuring(self) -> None:
+        if not self._window:
+            self._window.append((cpu_seconds(), self.now_ns()))
+            if self.on_measure is not None:
+                self.on_measure(self)
+
     def stop_sending(self) -> None:
         """No new messages from now on; connections close once their replies are in."""
+        if self.sending and len(self._window) == 1:
+            self._window.append((cpu_seconds(), self.now_ns()))
         self.sending = False
         for proto in self.protocols:
             if not proto.done and not proto.inflight:
                 proto.finish()
 
+    def watermark(self, now: int) -> int:
+        """Closed loop: the send time of the oldest message in flight (the log waits for it)."""
+        if self.plan.rate is not None:
+            return now
+        return min([now, *(p.inflight[0][2] for p in self.protocols if p.inflight)])
+
     def tick(self) -> None:
-        """Fold round trips into the histogram, flush the log, watch for a stall."""
+        """Fold round trips into the histogram, hand the log on, watch for a stall."""
         self.recorder.fold()
-        if self.log is not None:
-            self.log.flush()
         now = self.now_ns()
+        if self.log is not None:
+            self.log.flush(self.watermark(now))
         progress = sum(p.replies + p.errors for p in self.protocols)
         if progress != self._last_progress:
             self._last_progress, self._last_progress_ns = progress, now
@@ -443,19 +407,36 @@ class LoadRun:
         missing = sum(len(p.inflight) for p in self.protocols if not p.done)
         self.problems.insert(0, f"{missing} replies missing: {why}")
         self.problem_count += 1
+        self._stop_all(unanswered=False)
+
+    def interrupt(self) -> None:
+        """Ctrl-C: stop now; messages in flight are unanswered, connections closed by us."""
+        if self.finished.called:
+            return
+        self.interrupted = True
+        if not self.started:
+            # Still connecting (or waiting for --procs' go): nothing was measured.
+            self.started = True
+        self._stop_all(unanswered=True)
+
+    def _stop_all(self, unanswered: bool) -> None:
         self.sending = False
         for proto in self.protocols:
-            proto.abandon()
+            proto.abandon(unanswered=unanswered)
         if not self.finished.called:
             self._end()
 
     def _end(self) -> None:
+        if self.finished.called:
+            return
         self._cpu = cpu_seconds() - self._cpu0
-        for call in (self._stop_call,):
-            if call is not None and call.active():
+        if len(self._window) == 1:
+            self._window.append((cpu_seconds(), self.now_ns()))
+        for call in self._calls:
+            if call.active():
                 call.cancel()
-        if self._schedule is not None:
-            self._schedule.cancel()
+        if self.schedule is not None:
+            self.schedule.cancel()
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         self.sending = False
@@ -463,8 +444,9 @@ class LoadRun:
         if self.log is not None:
             self.log.flush()
         self.end_ns = self.now_ns()
-        if not self.finished.called:
-            self.finished.callback(None)
+        if self.on_end is not None:
+            self.on_end(self)
+        self.finished.callback(None)
 
     # -- results ------------------------------------------------------------------
 
@@ -472,22 +454,40 @@ class LoadRun:
         """Counted replies so far (for a progress bar)."""
         return sum(p.replies for p in self.protocols)
 
+    def errors(self) -> int:
+        """Errors so far: bad replies, replies missing, messages that could not be sent."""
+        return sum(p.errors for p in self.protocols) + self.unsent
+
+    def cpu_fraction(self) -> float | None:
+        """The client's CPU over the measured window, as a share of one core."""
+        if len(self._window) < 2:
+            return None
+        (cpu0, t0), (cpu1, t1) = self._window
+        return (cpu1 - cpu0) / ((t1 - t0) / 1e9) if t1 > t0 else None
+
     def summary(self) -> Summary:
         """Counted replies over the window from ``measure_from`` to the last of them."""
-        self.recorder.fold()
+        histogram = self.recorder.total()
         last = max((p.last_reply_ns for p in self.protocols), default=0)
         end = last if last > self.measure_from else self.end_ns
+        problems = list(self.problems)
+        if self.problem_count > len(self.problems):
+            problems.append(f"{self.problem_count - len(self.problems)} more")
+        if self.refused:
+            refused = "1 connection" if self.refused == 1 else f"{self.refused} connections"
+            problems.insert(0, f"{refused} refused by the server: {self.refusal}")
         return Summary(
             messages=sum(p.replies for p in self.protocols),
-            errors=sum(p.errors for p in self.protocols) + self.unsent,
+            errors=self.errors(),
             duration_s=max(end - self.measure_from, 0) / 1e9,
             connections=len(self.protocols),
-            histogram=self.recorder.histogram,
+            histogram=histogram,
             cpu_s=self._cpu,
-            problems=list(self.problems)
-            + (
-                [f"{self.problem_count - len(self.problems)} more"]
-                if self.problem_count > len(self.problems)
-                else []
-            ),
+            problems=problems,
+            refused=self.refused,
+            unanswered=self.unanswered,
+            interrupted=self.interrupted,
+            offered=self.plan.rate,
+            late=self.schedule.late.total() if self.schedule is not None else None,
+            cpu_fraction=self.cpu_fraction(),
         )

@@ -1,24 +1,34 @@
 """The command line of ``python -m chatlog.client``: parsing and checking.
 
-Two modes share one parser.  Messages on the command line (or none, with
+Three modes share one parser.  Messages on the command line (or none, with
 standard input) make a *conversation*: each line is sent, its reply printed
 with its round-trip time.  Any load option (``--connections``,
 ``--messages``, ``--duration``, ``--rate``, ``--procs``) makes a *load run*
-whose result is a summary.
+whose result is a summary.  ``--sweep`` makes a *sweep*: open-loop load runs
+of rising rate, to find the highest rate a server takes within an SLO.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 
 from chatlog.latency import HIGHEST_US, LOWEST_US, SIGNIFICANT_DIGITS
 from chatlog.log import FORMATS
 from chatlog.numbers import number
+from chatlog.wire import REPLY_PREFIX
 
 #: A load run with neither --messages nor --duration lasts this long (as wrk does).
 DEFAULT_DURATION = 10.0
 DEFAULT_SIZE = 16
+#: A sweep's steps: measured for this long each, after this much warm-up.
+DEFAULT_STEP_DURATION = 5.0
+DEFAULT_STEP_WARMUP = 1.0
+#: A sweep's SLO: the p99 round trip, in ms.
+DEFAULT_SLO_P99_MS = 10.0
+#: Bisection steps after the ramp of a sweep.
+DEFAULT_BISECT = 4
 
 
 class UsageError(Exception):
@@ -30,6 +40,19 @@ _port = number(int, 1, "a TCP port (1 to 65535)", maximum=65535)
 _seconds = number(float, 0.0, "a number of seconds above 0", above=True)
 _warmup = number(float, 0.0, "a number of seconds (0 or more)")
 _rate = number(float, 0.0, "a rate in messages per second above 0", above=True)
+_ms = number(float, 0.0, "a number of milliseconds above 0", above=True)
+_count = number(int, 0, "a whole number (0 or more)")
+
+
+def _rates(text: str) -> list[float]:
+    """``--rates 1000,2000,5000``: rising rates, each above 0."""
+    try:
+        rates = sorted({float(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of rates: {text!r}") from None
+    if not rates or rates[0] <= 0:
+        raise argparse.ArgumentTypeError("rates are messages per second above 0, comma-separated")
+    return rates
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--warmup",
         type=_warmup,
-        default=0.0,
         metavar="S",
-        help="run S seconds first without counting them (default: %(default)s)",
+        help="run S seconds first without counting them "
+        f"(default: 0; for each step of a sweep {DEFAULT_STEP_WARMUP:g})",
     )
     load.add_argument(
         "--procs",
@@ -113,6 +136,44 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="split the connections (and rate) over N client processes and merge their histograms",
+    )
+    load.add_argument(
+        "--expect",
+        default=REPLY_PREFIX.decode(),
+        metavar="PREFIX",
+        help="a reply is PREFIX then the message (default: %(default)r), for other servers",
+    )
+    sweep = parser.add_argument_group(
+        "sweep: how much can this server take?",
+        "Open-loop steps of rising rate (--duration S each, after --warmup), until the p99 "
+        "exceeds the SLO, errors appear or fewer replies come back than were offered; then a "
+        "bisection between the last good and the first bad step.  The answer is the highest "
+        "rate that met the SLO; a step whose limit was the client is marked so, never taken "
+        "for the server's.",
+    )
+    sweep.add_argument("--sweep", action="store_true", help="find the highest rate within the SLO")
+    sweep.add_argument(
+        "--slo-p99",
+        type=_ms,
+        metavar="MS",
+        help=f"the SLO: p99 round trip at most MS ms (default: {DEFAULT_SLO_P99_MS:g})",
+    )
+    rates = sweep.add_mutually_exclusive_group()
+    rates.add_argument(
+        "--rates", type=_rates, metavar="R1,R2,...", help="the steps' rates, msgs/s in total"
+    )
+    rates.add_argument(
+        "--rate-max",
+        type=_rate,
+        metavar="R",
+        help="steps double from 1000 msgs/s (or R if less) up to R "
+        "(default: no limit, until a step fails)",
+    )
+    sweep.add_argument(
+        "--bisect",
+        type=_count,
+        metavar="N",
+        help=f"bisection steps after the ramp (default: {DEFAULT_BISECT})",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -132,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--utc", action="store_true", help="--logfile timestamps in UTC instead of local time"
     )
+    out.add_argument(
+        "--hlog",
+        metavar="FILE",
+        help="write an HdrHistogram interval log (.hlog) of the round trips: one histogram "
+        "per --interval (default 1 s), every step of a sweep",
+    )
+    out.add_argument(
+        "--interval",
+        type=_seconds,
+        metavar="S",
+        help="print a line every S seconds on stderr: rate, p50, p99, errors",
+    )
     # What --procs passes to its workers; not for people.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--conn-offset", type=int, default=0, help=argparse.SUPPRESS)
@@ -139,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def is_load(options: argparse.Namespace) -> bool:
-    """Whether the options ask for a load run rather than a conversation."""
+    """Whether the options ask for a load run (or a sweep) rather than a conversation."""
     return (
         options.connections is not None
         or options.messages is not None
@@ -147,13 +220,42 @@ def is_load(options: argparse.Namespace) -> bool:
         or options.rate is not None
         or options.procs > 1
         or options.worker
+        or options.sweep
     )
 
 
+_SWEEP_ONLY = {
+    "slo_p99": "--slo-p99",
+    "rates": "--rates",
+    "rate_max": "--rate-max",
+    "bisect": "--bisect",
+}
+
+
 def check(options: argparse.Namespace) -> None:
-    """Fill load defaults in and refuse combinations that mean nothing."""
+    """Fill defaults in and refuse combinations that mean nothing."""
     if options.ca and not options.tls:
         raise UsageError("--ca only means something with --tls")
+    options.expect = os.fsencode(options.expect)
+    if options.sweep:
+        if options.messages is not None:
+            raise UsageError("a sweep's steps last --duration S each: not --messages")
+        if options.rate is not None:
+            raise UsageError("a sweep chooses its rates: give --rates or --rate-max, not --rate")
+        if options.duration is None:
+            options.duration = DEFAULT_STEP_DURATION
+        if options.warmup is None:
+            options.warmup = DEFAULT_STEP_WARMUP
+        if options.slo_p99 is None:
+            options.slo_p99 = DEFAULT_SLO_P99_MS
+        if options.bisect is None:
+            options.bisect = DEFAULT_BISECT
+    else:
+        for name, flag in _SWEEP_ONLY.items():
+            if getattr(options, name) is not None:
+                raise UsageError(f"{flag} is for --sweep")
+    if options.warmup is None:
+        options.warmup = 0.0
     if is_load(options):
         if options.message:
             raise UsageError(
@@ -167,8 +269,12 @@ def check(options: argparse.Namespace) -> None:
             options.duration = DEFAULT_DURATION
         if options.procs > options.connections:
             raise UsageError(f"--procs {options.procs} needs at least as many --connections")
-    elif options.warmup:
-        raise UsageError("--warmup is for load runs")
+    else:
+        if options.warmup:
+            raise UsageError("--warmup is for load runs")
+        for value, flag in ((options.hlog, "--hlog"), (options.interval, "--interval")):
+            if value:
+                raise UsageError(f"{flag} is for load runs")
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:

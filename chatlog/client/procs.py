@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 import chatlog
-from chatlog.client.runner import ClientError
+from chatlog.client.interrupt import Interrupts
+from chatlog.client.intervals import Interval, IntervalMerger
+from chatlog.client.runner import HLOG_INTERVAL, ClientError, interval_sinks, open_hlog
 from chatlog.client.stats import Summary
+from chatlog.latency import HlogWriter
 
 
 def shares(total: int, parts: int) -> list[int]:
@@ -59,7 +61,12 @@ def worker_argv(options: argparse.Namespace, connections: int, offset: int) -> l
         repr(options.warmup),
         "--timeout",
         repr(options.timeout),
+        "--expect",
+        os.fsdecode(options.expect),
     ]
+    if options.hlog or options.interval:
+        # The parent merges the workers' intervals: each worker reports its own.
+        args += ["--interval", repr(options.interval or HLOG_INTERVAL)]
     if options.messages is not None:
         args += ["--messages", str(options.messages)]
     if options.duration is not None:
@@ -79,32 +86,44 @@ def worker_argv(options: argparse.Namespace, connections: int, offset: int) -> l
 
 
 class Worker(ProcessProtocol):
-    """One worker process: its ``ready`` line, its summary, its exit."""
+    """One worker process: its ``ready`` line, its intervals, its summary, its exit."""
 
-    def __init__(self, index: int, ready: Deferred[None]) -> None:
+    def __init__(
+        self, index: int, ready: Deferred[None], merger: IntervalMerger | None = None
+    ) -> None:
         self.index = index
         self.ready = ready
-        self.output = b""
+        self.merger = merger
+        self.buffer = b""
+        self.lines: list[bytes] = []
         self.said_ready = False
         self.ended: Deferred[int] = Deferred()
 
     def outReceived(self, data: bytes) -> None:
-        self.output += data
-        if not self.said_ready and b"\n" in self.output:
-            line, _, self.output = self.output.partition(b"\n")
-            self.said_ready = line == b"ready"
-            if self.said_ready and not self.ready.called:
-                self.ready.callback(None)
+        *lines, self.buffer = (self.buffer + data).split(b"\n")
+        for line in lines:
+            if line == b"ready" and not self.said_ready:
+                self.said_ready = True
+                if not self.ready.called:
+                    self.ready.callback(None)
+            elif line.startswith(b'{"interval"'):
+                if self.merger is not None:
+                    self.merger.add(self.index - 1, Interval.from_json(json.loads(line)))
+            elif line:
+                self.lines.append(line)
 
     def go(self) -> None:
         assert self.transport is not None
         self.transport.write(b"go\n")
         self.transport.closeStdin()
 
-    def stop(self) -> None:
+    def signal(self, name: str) -> None:
         with contextlib.suppress(ProcessExitedAlready):  # already gone
             if self.transport is not None:
-                self.transport.signalProcess(signal.SIGTERM)
+                self.transport.signalProcess(name)
+
+    def stop(self) -> None:
+        self.signal("TERM")
 
     def processEnded(self, reason: Failure) -> None:
         code = 0
@@ -119,43 +138,86 @@ class Worker(ProcessProtocol):
                     f"client worker {self.index} exited (status {code}) before it was connected"
                 )
             )
+        if self.merger is not None:
+            self.merger.ended(self.index - 1)
         self.ended.callback(code)
 
     def summary(self) -> Summary:
         try:
-            data = json.loads(self.output)
+            data = json.loads(self.lines[-1] if self.lines else self.buffer)
         except ValueError:
             raise ClientError(f"client worker {self.index} printed no summary") from None
         return Summary.from_json(data)
 
 
-async def run_procs(reactor: Any, options: argparse.Namespace) -> Summary:
-    """Run the load over ``options.procs`` workers and merge what they measured."""
+async def run_procs(
+    reactor: Any,
+    options: argparse.Namespace,
+    *,
+    interrupts: Interrupts | None = None,
+    hlog: HlogWriter | None = None,
+    label: str = "",
+) -> Summary:
+    """Run the load over ``options.procs`` workers and merge what they measured.
+
+    ``hlog``: an interval log already open (a sweep's); otherwise ``--hlog``
+    opens one for this run.
+    """
     env = dict(os.environ)
     # The workers import the same chatlog as this process, installed or not.
     root = str(Path(chatlog.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    interrupts = interrupts if interrupts is not None else Interrupts(reactor)
+    own_hlog = hlog is None
+    if own_hlog:
+        hlog = open_hlog(options, mode="load", offered=options.rate)
+    sinks = interval_sinks(options, hlog, label)
+    merger = IntervalMerger(options.procs, sinks) if sinks else None
     workers: list[Worker] = []
-    offset = options.conn_offset
-    for index, count in enumerate(shares(options.connections, options.procs), 1):
-        worker = Worker(index, Deferred())
-        argv = [sys.executable, "-m", "chatlog.client", *worker_argv(options, count, offset)]
-        # stdout is read (ready, then the JSON summary); stderr is the user's.
-        reactor.spawnProcess(worker, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: 2})
-        workers.append(worker)
-        offset += count
-    try:
-        await gatherResults([w.ready for w in workers], consumeErrors=True)
-    except Exception as failed:
+
+    def interrupt() -> None:
+        # Ctrl-C from a terminal reached the workers already; kill -INT only us.
         for worker in workers:
-            worker.stop()
-        await gatherResults([w.ended for w in workers])
-        cause = getattr(failed, "subFailure", None)
-        if cause is not None and isinstance(cause.value, ClientError):
-            raise cause.value from None
-        raise
-    for worker in workers:
-        worker.go()
-    await gatherResults([w.ended for w in workers])
-    summary = Summary.merge([w.summary() for w in workers])
-    return summary
+            worker.signal("INT")
+
+    try:
+        offset = options.conn_offset
+        for index, count in enumerate(shares(options.connections, options.procs), 1):
+            worker = Worker(index, Deferred(), merger)
+            argv = [sys.executable, "-m", "chatlog.client", *worker_argv(options, count, offset)]
+            # stdout is read (ready, intervals, the JSON summary); stderr is the user's.
+            reactor.spawnProcess(
+                worker, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: 2}
+            )
+            workers.append(worker)
+            offset += count
+        with interrupts.watch(interrupt):
+            try:
+                await gatherResults([w.ready for w in workers], consumeErrors=True)
+            except Exception as failed:
+                if not interrupts.requested:
+                    for worker in workers:
+                        worker.stop()
+                await gatherResults([w.ended for w in workers])
+                cause = getattr(failed, "subFailure", None)
+                if interrupts.requested:
+                    pass  # Ctrl-C while connecting: each worker ended with what it had
+                elif cause is not None and isinstance(cause.value, ClientError):
+                    raise cause.value from None
+                else:
+                    raise
+            else:
+                for worker in workers:
+                    worker.go()
+                await gatherResults([w.ended for w in workers])
+        if merger is not None:
+            merger.flush()
+    finally:
+        if own_hlog and hlog is not None:
+            hlog.close()
+    if interrupts.requested:
+        parts = [w.summary() for w in workers if w.lines]
+        summary = Summary.merge(parts) if parts else Summary(0, 0, 0.0, 0)
+        summary.interrupted = True
+        return summary
+    return Summary.merge([w.summary() for w in workers])

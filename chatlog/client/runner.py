@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, error, ssl
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, race
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
@@ -34,9 +34,15 @@ from zope.interface import implementer
 
 from chatlog._fastpath import client_reactor
 from chatlog.client.clientlog import ClientLog
+from chatlog.client.interrupt import Interrupts
+from chatlog.client.intervals import IntervalClock, Sink, hlog_sink, live_sink, worker_sink
 from chatlog.client.load import LoadPlan, LoadRun
 from chatlog.client.stats import Summary
+from chatlog.latency import HlogWriter
 from chatlog.wire import format_address
+
+#: --hlog without --interval: one histogram per this many seconds.
+HLOG_INTERVAL = 1.0
 
 #: Connection attempts in progress at once: a server's accept backlog (50 in
 #: Twisted) overflows with thousands of simultaneous SYNs, and a dropped SYN
@@ -186,7 +192,7 @@ class LineReader:
 
 def wait_for_go(reactor: Any) -> Deferred[None]:
     """``--worker``: say ``ready`` on stdout, then wait for a line on stdin (the barrier)."""
-    go: Deferred[None] = Deferred()
+    go: Deferred[None] = Deferred(lambda _: reader.stop())
 
     def fire(*_: object) -> None:
         reader.stop()
@@ -246,32 +252,106 @@ class ProgressBar:
         self.progress.stop()
 
 
-async def run_load(reactor: Any, options: argparse.Namespace) -> Summary:
-    """Connect, run the load, return the summary (problems listed in it)."""
+def open_log(options: argparse.Namespace, ip: str, background: bool = False) -> ClientLog | None:
+    """``--logfile``: load runs write it from a writer process, the conversation in place."""
+    if not options.logfile:
+        return None
+    try:
+        return ClientLog(
+            options.logfile, options.format, options.utc, ip, options.port, background=background
+        )
+    except OSError as error:
+        raise ClientError(f"--logfile {options.logfile}: {error.strerror or error}") from None
+
+
+def open_hlog(options: argparse.Namespace, **note: Any) -> HlogWriter | None:
+    """``--hlog``: the interval log, its first line saying what run it is."""
+    if not options.hlog:
+        return None
+    try:
+        hlog = HlogWriter(options.hlog)
+    except OSError as error:
+        raise ClientError(f"--hlog {options.hlog}: {error.strerror or error}") from None
+    hlog.note(
+        connections=options.connections,
+        procs=options.procs,
+        size=options.size,
+        warmup_s=options.warmup,
+        duration_s=options.duration,
+        **note,
+    )
+    return hlog
+
+
+def interval_sinks(
+    options: argparse.Namespace, hlog: HlogWriter | None, label: str = ""
+) -> list[Sink]:
+    """Where each interval goes: the interval log, a live line, the --procs parent."""
+    sinks: list[Sink] = []
+    if hlog is not None:
+        sinks.append(hlog_sink(hlog))
+    if options.interval:
+        sinks.append(worker_sink(sys.stdout) if options.worker else live_sink(sys.stderr, label))
+    return sinks
+
+
+async def run_load(
+    reactor: Any,
+    options: argparse.Namespace,
+    *,
+    interrupts: Interrupts | None = None,
+    hlog: HlogWriter | None = None,
+    label: str = "",
+) -> Summary:
+    """Connect, run the load, return the summary (problems listed in it).
+
+    ``hlog``: an interval log already open (a sweep's); otherwise ``--hlog``
+    opens one for this run.
+    """
     family, ip = resolve(options.host, options.port)
     where = format_address(ip, options.port)
     plan = LoadPlan.from_options(options)
-    log = (
-        ClientLog(options.logfile, options.format, options.utc, ip, options.port)
-        if options.logfile
-        else None
-    )
+    own_hlog = hlog is None
+    if own_hlog:
+        hlog = open_hlog(options, mode="load", offered=plan.rate)
+    log = open_log(options, ip, background=True)
+    interrupts = interrupts if interrupts is not None else Interrupts(reactor)
     bar: ProgressBar | None = None
     try:
         run = LoadRun(plan, reactor, log=log)
+        sinks = interval_sinks(options, hlog, label)
+        if sinks:
+            IntervalClock(run, options.interval or HLOG_INTERVAL, sinks)
         endpoint = make_endpoint(reactor, options, family, ip)
-        await connect_all(endpoint, run, where, reactor)
-        if options.worker:
-            await wait_for_go(reactor)
-        if sys.stderr.isatty() and not options.worker:
-            bar = ProgressBar(plan)
-            run.on_tick = bar.update
-        await run.start()
+        # Fired by Ctrl-C, to stop waiting for --procs' go (race cancels the loser:
+        # it must not be run.finished itself).
+        stopped: Deferred[None] = Deferred()
+
+        def interrupt() -> None:
+            run.interrupt()
+            if not stopped.called:
+                stopped.callback(None)
+
+        with interrupts.watch(interrupt):
+            await connect_all(endpoint, run, where, reactor)
+            if options.worker and not run.interrupted:
+                await race([wait_for_go(reactor), stopped])
+            if run.interrupted:
+                for proto in run.protocols:
+                    if proto.connected:
+                        proto.transport.abortConnection()
+            else:
+                if sys.stderr.isatty() and not options.worker and not options.interval:
+                    bar = ProgressBar(plan)
+                    run.on_tick = bar.update
+                await run.start()
     finally:
         if bar is not None:
             bar.stop()
         if log is not None:
             log.close()
+        if own_hlog and hlog is not None:
+            hlog.close()
     summary = run.summary()
     summary.problems = [f"{where}: {text}" for text in summary.problems]
     return summary

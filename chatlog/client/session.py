@@ -5,6 +5,8 @@ or a file, or from a prompt when it is a terminal.  Each line is sent once
 the previous reply is in, so every round trip is that of one message alone.
 Connecting and each reply's wait are bounded by ``--timeout``; waiting for
 the next line of input is not (a person may be thinking, a pipe may be slow).
+Ctrl-C ends the conversation where it is: a reply still awaited is counted
+as unanswered, and the summary says the conversation was interrupted.
 """
 
 from __future__ import annotations
@@ -23,19 +25,21 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from chatlog.client.clientlog import ClientLog
-from chatlog.client.load import why_lost
+from chatlog.client.clientlog import REPLY_LINE, SENT_LINE, ClientLog
+from chatlog.client.interrupt import Interrupts
+from chatlog.client.plan import why_lost
 from chatlog.client.runner import (
     ClientError,
     LineReader,
     connect_within,
     connection_error,
     make_endpoint,
+    open_log,
     resolve,
 )
 from chatlog.client.stats import Recorder, Summary
 from chatlog.log import escape_text
-from chatlog.wire import REPLY_PREFIX, format_address
+from chatlog.wire import format_address
 
 
 class ConnectionGone(Exception):
@@ -79,7 +83,7 @@ class Conversation(Protocol):
         self.waiting.append((answer, now))
         self.transport.write(line + b"\n")
         if self.log is not None:
-            self.log.pending.append(("sent", now, self.conn, self.seq, line, 0))
+            self.log.pending.append((SENT_LINE, self.conn, self.seq, now, line))
         return answer
 
     def dataReceived(self, data: bytes) -> None:
@@ -94,7 +98,7 @@ class Conversation(Protocol):
             answer, start = self.waiting.popleft()
             if self.log is not None:
                 seq = self.seq - len(self.waiting)
-                self.log.pending.append(("reply", now, self.conn, seq, line, now - start))
+                self.log.pending.append((REPLY_LINE, self.conn, seq, start, now, line))
             answer.callback((line, now - start))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -148,26 +152,35 @@ def argument_lines(messages: list[str]) -> list[bytes]:
     return [line for message in messages for line in os.fsencode(message).split(b"\n")]
 
 
+class Interrupted(Exception):
+    """Ctrl-C."""
+
+
 async def converse(
     reactor: Any,
     options: argparse.Namespace,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
+    interrupts: Interrupts | None = None,
 ) -> Summary:
     """Send the lines, print the replies; the summary counts them (--json prints it)."""
     stdin = stdin if stdin is not None else sys.stdin
     stdout = stdout if stdout is not None else sys.stdout
+    interrupts = interrupts if interrupts is not None else Interrupts(reactor)
     family, ip = resolve(options.host, options.port)
     where = format_address(ip, options.port)
     endpoint = make_endpoint(reactor, options, family, ip)
-    log = (
-        ClientLog(options.logfile, options.format, options.utc, ip, options.port)
-        if options.logfile
-        else None
-    )
+    log = open_log(options, ip)
     recorder = Recorder()
-    replies = errors = sent = 0
+    replies = errors = sent = unanswered = 0
     started = time.perf_counter_ns()
+    # One per wait in progress, fired by Ctrl-C (race cancels the loser: never share one).
+    stoppers: list[Deferred[None]] = []
+
+    def interrupt() -> None:
+        for stopper in stoppers[:]:
+            if not stopper.called:
+                stopper.callback(None)
 
     def say(text: str) -> None:
         if not options.json:
@@ -178,64 +191,98 @@ async def converse(
         # Such as the "ERROR timeout" of an idle connection, just before the close.
         say(escape_text(line)[0].decode("utf-8"))
 
-    proto = Conversation(log=log, on_unsolicited=unsolicited)
-    try:
+    async def unless_interrupted(waiting: Deferred[Any]) -> Any:
+        """What ``waiting`` gives, or :class:`Interrupted` on Ctrl-C (``waiting`` cancelled)."""
+        stopper: Deferred[None] = Deferred()
+        stoppers.append(stopper)
+        if interrupts.requested:
+            stopper.callback(None)
+        # race() waits for a success: a failure must arrive as a result to win it.
+        outcome: Deferred[tuple[bool, Any]] = waiting.addCallbacks(
+            lambda value: (True, value), lambda failure: (False, failure)
+        )
         try:
-            await connect_within(endpoint, proto, reactor, options.timeout)
-        except Exception:
-            raise connection_error(Failure(), where, options.timeout) from None
-
-        interactive = not options.message and stdin.isatty()
-        queue: DeferredQueue[bytes | None] = DeferredQueue()
-        reader: LineReader | None = None
-        if options.message:
-            for argument in argument_lines(options.message):
-                queue.put(argument)
-            queue.put(None)
-        else:
-            reader = LineReader(reactor, stdin.fileno(), queue.put, lambda: queue.put(None))
-            reader.start()
-        try:
-            while True:
-                if interactive:
-                    stdout.write("> ")
-                    stdout.flush()
-                got: Deferred[bytes | None] = queue.get()
-                lost: Deferred[bytes | None] = proto.when_lost().addCallback(lambda _: None)
-                index, line = await race([got, lost])
-                if index == 1:
-                    raise proto._gone()
-                if line is None:
-                    break
-                if interactive and not line.strip():
-                    continue
-                sent += 1
-                try:
-                    reply, rtt_ns = await ask_within(proto, line, reactor, options.timeout)
-                except NoReply as silence:
-                    raise ClientError(f"{where}: message {sent}: {silence}") from None
-                if reply.startswith(REPLY_PREFIX):
-                    replies += 1
-                    recorder.pending.append(rtt_ns // 1000)
-                else:
-                    errors += 1
-                say(show_reply(reply, rtt_ns))
-        except ConnectionGone as gone:
-            raise ClientError(f"connection to {where} lost: {gone}") from None
+            index, (ok, value) = await race([outcome, stopper.addCallback(lambda _: (True, None))])
         finally:
-            if reader is not None:
-                reader.stop()
-            if interactive:
-                stdout.write("\n")
-        proto.transport.loseConnection()
+            stoppers.remove(stopper)
+        if index == 1:
+            raise Interrupted()
+        if not ok:
+            value.raiseException()
+        return value
+
+    proto = Conversation(log=log, on_unsolicited=unsolicited)
+    interactive = False
+    try:
+        with interrupts.watch(interrupt):
+            try:
+                await unless_interrupted(connect_within(endpoint, proto, reactor, options.timeout))
+            except Interrupted:
+                raise
+            except Exception:
+                raise connection_error(Failure(), where, options.timeout) from None
+
+            interactive = not options.message and stdin.isatty()
+            queue: DeferredQueue[bytes | None] = DeferredQueue()
+            reader: LineReader | None = None
+            if options.message:
+                for argument in argument_lines(options.message):
+                    queue.put(argument)
+                queue.put(None)
+            else:
+                reader = LineReader(reactor, stdin.fileno(), queue.put, lambda: queue.put(None))
+                reader.start()
+            try:
+                while True:
+                    if interactive:
+                        stdout.write("> ")
+                        stdout.flush()
+                    got: Deferred[bytes | None] = queue.get()
+                    lost: Deferred[bytes | None] = proto.when_lost().addCallback(lambda _: None)
+                    index, line = await unless_interrupted(race([got, lost]))
+                    if index == 1:
+                        raise proto._gone()
+                    if line is None:
+                        break
+                    if interactive and not line.strip():
+                        continue
+                    sent += 1
+                    unanswered = 1
+                    try:
+                        reply, rtt_ns = await unless_interrupted(
+                            Deferred.fromCoroutine(
+                                ask_within(proto, line, reactor, options.timeout)
+                            )
+                        )
+                    except NoReply as silence:
+                        raise ClientError(f"{where}: message {sent}: {silence}") from None
+                    unanswered = 0
+                    if reply.startswith(options.expect):
+                        replies += 1
+                        recorder.pending.append(rtt_ns // 1000)
+                    else:
+                        errors += 1
+                    say(show_reply(reply, rtt_ns))
+            except ConnectionGone as gone:
+                raise ClientError(f"connection to {where} lost: {gone}") from None
+            finally:
+                if reader is not None:
+                    reader.stop()
+                if interactive:
+                    stdout.write("\n")
+            proto.transport.loseConnection()
+    except Interrupted:
+        if proto.transport is not None:
+            proto.transport.abortConnection()
     finally:
         if log is not None:
             log.close()
-    recorder.fold()
     return Summary(
         messages=replies,
         errors=errors,
         duration_s=(time.perf_counter_ns() - started) / 1e9,
         connections=1,
-        histogram=recorder.histogram,
+        histogram=recorder.total(),
+        unanswered=unanswered if interrupts.requested else 0,
+        interrupted=interrupts.requested,
     )

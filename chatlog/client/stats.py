@@ -8,9 +8,15 @@ Python, as much as the rest of a round trip's work in the client, so the hot
 path appends to a plain list and :meth:`Recorder.fold` records each distinct
 value once with its count, a few times a second.
 
+A :class:`Recorder` folds into the histogram of the current *interval*;
+closing an interval adds it to the run's total.  The total is therefore
+exactly the sum of the intervals, which is what ``--hlog`` writes.
+
 :class:`Summary` is what a run reports: the ``--json`` object (plus the
-histogram's base64 encoding, so that ``--procs`` and the bench can merge
-runs), or a few lines of text.
+histograms' base64 encodings, so that ``--procs`` and the bench can merge
+runs), or a few lines of text.  It also carries the client's own figures:
+how late it sent against its schedule, and how busy its CPU was, so that a
+run whose limit was the client says so.
 """
 
 from __future__ import annotations
@@ -24,7 +30,12 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from chatlog import latency
-from chatlog.latency import new_histogram
+from chatlog.latency import add_into, new_histogram
+
+#: A client process busier than this (share of one core) is taken to be the limit.
+CPU_LIMIT = 0.9
+#: Without an SLO, a p99 send lateness above this many ms makes the client the limit.
+LATE_LIMIT_MS = 5.0
 
 
 def decode_histogram(encoded: str | bytes) -> HdrHistogram:
@@ -40,11 +51,14 @@ def cpu_seconds() -> float:
 
 
 class Recorder:
-    """Round trips in microseconds: appended cheaply, folded into the histogram."""
+    """Round trips in microseconds: appended cheaply, folded into interval histograms."""
 
     def __init__(self) -> None:
+        #: Every closed interval, added up.
         self.histogram = new_histogram()
-        #: Microseconds not yet in the histogram; protocols append to it directly.
+        #: The interval being filled.
+        self.interval = new_histogram()
+        #: Microseconds not yet in a histogram; protocols append to it directly.
         self.pending: list[int] = []
 
     def fold(self) -> None:
@@ -53,7 +67,27 @@ class Recorder:
         counts = Counter(self.pending)
         # Cleared in place: the protocols hold this list's bound append.
         self.pending.clear()
-        latency.record_counts(self.histogram, counts)
+        latency.record_counts(self.interval, counts)
+
+    def close_interval(self) -> HdrHistogram:
+        """Fold, end the current interval and return it (already added to the total)."""
+        self.fold()
+        closed, self.interval = self.interval, new_histogram()
+        add_into(self.histogram, closed)
+        return closed
+
+    def total(self) -> HdrHistogram:
+        """Everything recorded so far (the current interval is closed first)."""
+        self.close_interval()
+        return self.histogram
+
+
+def late_ms(histogram: HdrHistogram | None) -> dict[str, float | None] | None:
+    """p50, p99 and max of send lateness in ms; None for a run without a schedule."""
+    if histogram is None:
+        return None
+    rtt = latency.rtt_ms(histogram)
+    return {"p50": rtt["p50"], "p99": rtt["p99"], "max": rtt["max"]}
 
 
 @dataclass
@@ -68,6 +102,17 @@ class Summary:
     cpu_s: float = 0.0
     procs: int = 1
     problems: list[str] = field(default_factory=list)
+    #: Connections the server refused (``ERROR server busy`` and the like).
+    refused: int = 0
+    #: Messages in flight when the run was interrupted: not errors, not answered.
+    unanswered: int = 0
+    interrupted: bool = False
+    #: Open loop: the schedule's rate (msgs/s); None in closed loop.
+    offered: float | None = None
+    #: Open loop: how late each counted message left against its schedule (µs).
+    late: HdrHistogram | None = None
+    #: The busiest client process's CPU over the measured window, as a share of a core.
+    cpu_fraction: float | None = None
 
     @property
     def throughput(self) -> float:
@@ -75,6 +120,23 @@ class Summary:
 
     def rtt_ms(self) -> dict[str, float | None]:
         return latency.rtt_ms(self.histogram)
+
+    def client_limits(self, budget_ms: float | None = None) -> list[str]:
+        """Why the client (not the server) may have been the limit; empty if it was not.
+
+        The client is the limit when its process was busier than
+        :data:`CPU_LIMIT` of a core, or when it sent so late against its
+        schedule that the lateness alone takes half of ``budget_ms`` (the
+        SLO; without one, :data:`LATE_LIMIT_MS` is the limit).
+        """
+        reasons = []
+        if self.cpu_fraction is not None and self.cpu_fraction >= CPU_LIMIT:
+            reasons.append(f"client CPU {self.cpu_fraction:.0%} of a core")
+        late = late_ms(self.late)
+        limit = LATE_LIMIT_MS if budget_ms is None else budget_ms / 2
+        if late is not None and late["p99"] is not None and late["p99"] > limit:
+            reasons.append(f"sent p99 {late['p99']:.3f} ms behind schedule")
+        return reasons
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` object's keys, then extras: histogram (base64 HdrHistogram, µs), client CPU."""
@@ -90,10 +152,23 @@ class Summary:
             "client_cpu_s": round(self.cpu_s, 3),
             "procs": self.procs,
             "problems": self.problems,
+            "refused": self.refused,
+            "unanswered": self.unanswered,
+            "interrupted": self.interrupted,
+            "offered_msgs_per_s": self.offered,
+            "send_late_ms": late_ms(self.late),
+            "send_late_histogram": (
+                self.late.encode().decode("ascii") if self.late is not None else None
+            ),
+            "client_cpu_fraction": (
+                round(self.cpu_fraction, 3) if self.cpu_fraction is not None else None
+            ),
+            "client_limited": bool(self.client_limits()),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Summary:
+        late = data.get("send_late_histogram")
         return cls(
             messages=data["messages"],
             errors=data["errors"],
@@ -103,6 +178,12 @@ class Summary:
             cpu_s=data.get("client_cpu_s", 0.0),
             procs=data.get("procs", 1),
             problems=list(data.get("problems", [])),
+            refused=data.get("refused", 0),
+            unanswered=data.get("unanswered", 0),
+            interrupted=data.get("interrupted", False),
+            offered=data.get("offered_msgs_per_s"),
+            late=decode_histogram(late) if late else None,
+            cpu_fraction=data.get("client_cpu_fraction"),
         )
 
     @classmethod
@@ -110,7 +191,15 @@ class Summary:
         """Runs that happened side by side (``--procs``): sums, and the longest window."""
         histogram = new_histogram()
         for part in parts:
-            histogram.add(part.histogram)
+            add_into(histogram, part.histogram)
+        lates = [p.late for p in parts if p.late is not None]
+        late = None
+        if lates:
+            late = new_histogram()
+            for one in lates:
+                add_into(late, one)
+        offered = [p.offered for p in parts if p.offered is not None]
+        fractions = [p.cpu_fraction for p in parts if p.cpu_fraction is not None]
         return cls(
             messages=sum(p.messages for p in parts),
             errors=sum(p.errors for p in parts),
@@ -120,6 +209,13 @@ class Summary:
             cpu_s=sum(p.cpu_s for p in parts),
             procs=sum(p.procs for p in parts),
             problems=[q for p in parts for q in p.problems],
+            refused=sum(p.refused for p in parts),
+            unanswered=sum(p.unanswered for p in parts),
+            interrupted=any(p.interrupted for p in parts),
+            offered=sum(offered) if offered else None,
+            late=late,
+            # Each process is limited by its own core: the busiest one tells.
+            cpu_fraction=max(fractions) if fractions else None,
         )
 
     def json_line(self) -> str:
@@ -127,28 +223,53 @@ class Summary:
 
     def text(self) -> str:
         rtt = self.rtt_ms()
-        lines = [
+        counts = (
             f"messages    {self.messages}  errors {self.errors}  connections {self.connections}"
-            + (f"  processes {self.procs}" if self.procs > 1 else ""),
+        )
+        if self.procs > 1:
+            counts += f"  processes {self.procs}"
+        if self.refused:
+            counts += f"  refused {self.refused}"
+        if self.unanswered:
+            counts += f"  unanswered {self.unanswered}"
+        lines = [
+            counts,
             f"duration    {self.duration_s:.3f} s  throughput {self.throughput:.1f} msgs/s"
             f"  client CPU {self.cpu_s:.2f} s",
         ]
         if rtt["min"] is None:
             lines.append("rtt ms      (no replies)")
         else:
+            lines.append("rtt ms      " + rtt_text(rtt))
+        late = late_ms(self.late)
+        if late is not None and late["p99"] is not None:
             lines.append(
-                "rtt ms      "
-                + "  ".join(
-                    f"{label} {rtt[key]:.3f}"
-                    for label, key in [
-                        ("min", "min"),
-                        ("mean", "mean"),
-                        ("p50", "p50"),
-                        ("p90", "p90"),
-                        ("p99", "p99"),
-                        ("p99.9", "p999"),
-                        ("max", "max"),
-                    ]
-                )
+                f"schedule    {self.offered or 0:.1f} msgs/s offered, sent late ms"
+                f"  p50 {late['p50']:.3f}  p99 {late['p99']:.3f}  max {late['max']:.3f}"
             )
+        limits = self.client_limits()
+        if limits:
+            lines.append(
+                "client      the client, not the server, was the limit ("
+                + ", ".join(limits)
+                + "): more --procs"
+            )
+        if self.interrupted:
+            lines.append("interrupted (partial figures)")
         return "\n".join(lines)
+
+
+def rtt_text(rtt: dict[str, float | None]) -> str:
+    """``min 0.072  mean 0.493  p50 ...  max 9.111``."""
+    return "  ".join(
+        f"{label} {rtt[key]:.3f}"
+        for label, key in [
+            ("min", "min"),
+            ("mean", "mean"),
+            ("p50", "p50"),
+            ("p90", "p90"),
+            ("p99", "p99"),
+            ("p99.9", "p999"),
+            ("max", "max"),
+        ]
+    )

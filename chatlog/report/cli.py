@@ -5,8 +5,12 @@ Usage::
     python -m chatlog.report SERVER_LOG [CLIENT_LOG ...] [-o DIR] [--utc] [--bench FILE] [--top N]
 
 Prints the summary table on stdout and writes ``summary.json``, the plots
-and ``report.html`` into ``DIR``.  A missing log or a bad ``--bench`` file
-is a usage error (exit status 2) before anything is read.
+and ``report.html`` into ``DIR``.  HdrHistogram interval logs (``.hlog``,
+from the client's ``--hlog``) may be given among the logs: they are told
+apart by their first line and add latency against offered load and
+percentiles over time (:mod:`chatlog.report.hlogs`).  A missing log, an
+unreadable interval log or a bad ``--bench`` file is a usage error (exit
+status 2) before anything is written.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from chatlog.report.console import print_summary
+from chatlog.report.console import print_hlogs, print_summary
+from chatlog.report.hlogs import is_hlog, load_hlogs
 from chatlog.report.inputs import load_bench
 from chatlog.report.outputs import write_report
 from chatlog.report.summary import build_report
@@ -36,7 +41,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="+",
         metavar="LOG",
         help="server logs and client logs, any format, in any order "
-        "(rotated and per-worker logs may be listed together)",
+        "(rotated and per-worker logs may be listed together), and the client's "
+        "interval logs (--hlog)",
     )
     parser.add_argument(
         "-o",
@@ -77,8 +83,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"chatlog.report: --bench: {e}", file=sys.stderr)
         return 2
-    report = build_report(args.logs, utc=args.utc, top=args.top)
-    written = write_report(report, args.output, bench)
-    print_summary(report.summary)
+    hlog_paths = [path for path in args.logs if is_hlog(path)]
+    try:
+        hlogs = load_hlogs(hlog_paths)
+    except (OSError, ValueError) as e:
+        print(f"chatlog.report: {e}", file=sys.stderr)
+        return 2
+    logs = [path for path in args.logs if path not in hlog_paths]
+    report = build_report(logs, utc=args.utc, top=args.top)
+    written = write_report(report, args.output, bench, hlogs or None)
+    if logs or not hlogs:
+        print_summary(report.summary)
+    if hlogs:
+        print_hlogs(hlogs)
     print(f"wrote {written['summary']} and {written['html']}")
     return 0

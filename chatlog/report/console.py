@@ -1,11 +1,12 @@
-"""The summary as a table on the terminal (``rich``), and the first unparsed records."""
+"""The summary as a table on the terminal (``rich``), the first unparsed records, and
+the interval logs' load points."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
-from chatlog.report.text import summary_rows
+from chatlog.report.text import HLOG_HEADERS, fmt, hlog_answer, hlog_rows, summary_rows
 
 
 def print_summary(summary: dict[str, Any], out: Any = None) -> None:
@@ -33,3 +34,20 @@ def print_summary(summary: dict[str, Any], out: Any = None) -> None:
             highlight=False,
             soft_wrap=True,
         )
+
+
+def print_hlogs(files: list[dict[str, Any]], out: Any = None) -> None:
+    """Each interval log: its load points (a sweep's steps) as a table, and its answer."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out or sys.stdout, width=100)
+    for file in files:
+        if file["steps"]:
+            table = Table(title=f"interval log {file['path']}")
+            for header in HLOG_HEADERS:
+                table.add_column(header, justify="left" if header == "verdict" else "right")
+            for row in hlog_rows(file):
+                table.add_row(*(fmt(value) for value in row))
+            console.print(table)
+        console.print(hlog_answer(file), markup=False, highlight=False, soft_wrap=True)

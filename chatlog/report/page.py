@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from chatlog.report.text import fmt, summary_rows
+from chatlog.report.text import HLOG_HEADERS, fmt, hlog_answer, hlog_rows, summary_rows
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -29,6 +29,8 @@ _PLOT_TITLES = {
     "rtt": "Round-trip time: histogram and percentiles",
     "rtt_over_time": "Round-trip percentiles over time",
     "bench": "Benchmark: throughput and p99 against connections",
+    "latency_vs_load": "Round trips against offered load (interval logs)",
+    "percentiles_over_time": "Round-trip percentiles per interval (interval logs)",
 }
 
 
@@ -96,6 +98,10 @@ def render_html(summary: dict[str, Any], plots: dict[str, Path]) -> str:
                 ],
             )
         )
+    for file in summary.get("hlog", []):
+        parts.append(f"<h2>Interval log {html.escape(file['path'])}</h2>")
+        parts.append(f"<p>{html.escape(hlog_answer(file))}</p>")
+        parts.append(_table(HLOG_HEADERS, hlog_rows(file)))
     parts.append("<h2>Files</h2>")
     parts.append(
         _table(

@@ -97,3 +97,58 @@ def _counts(counts: dict[str, int]) -> str:
     if not counts:
         return "0"
     return ", ".join(f"{key}: {value:,}" for key, value in sorted(counts.items()))
+
+
+#: The columns of an interval log's table of load points (console and page alike).
+HLOG_HEADERS = [
+    "offered/s",
+    "achieved/s",
+    "count",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "max ms",
+    "verdict",
+]
+
+
+def hlog_rows(file: dict[str, Any]) -> list[list[Any]]:
+    """An interval log's load points (a sweep's steps), as table rows."""
+    rows = []
+    for point in file["steps"]:
+        rtt = point["rtt_ms"]
+        if point.get("ok") is None:
+            verdict = ""
+        elif point["ok"]:
+            verdict = "ok"
+        else:
+            verdict = "the client's limit" if point.get("client_limited") else "failed"
+        rows.append(
+            [
+                point["offered_msgs_per_s"],
+                point["achieved_msgs_per_s"],
+                point["count"],
+                *(rtt[key] for key in ("p50", "p90", "p99", "p999", "max")),
+                verdict,
+            ]
+        )
+    return rows
+
+
+def hlog_answer(file: dict[str, Any]) -> str:
+    """One line on an interval log: what run it was, and the sweep's answer."""
+    rtt = file["rtt_ms"]
+    text = f"{file['label']}: {file['count']:,} round trips in {len(file['intervals'])} intervals"
+    if rtt["p99"] is not None:
+        text += f", p99 {fmt(rtt['p99'])} ms overall"
+    answer = file.get("max_rate_msgs_per_s")
+    if file.get("mode") == "sweep":
+        slo = f"p99 <= {file['slo_p99_ms']:g} ms"
+        if answer is None:
+            text += f"; no step met {slo}"
+        elif file.get("limited_by") == "server":
+            text += f"; the highest rate with {slo}: {fmt(float(answer))} msgs/s"
+        else:
+            text += f"; at least {fmt(float(answer))} msgs/s with {slo} (not the server's limit)"
+    return text

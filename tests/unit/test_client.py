@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from chatlog.client import clientlog, procs
 from chatlog.client import options as client_options
-from chatlog.client import procs
 from chatlog.client import run as client_run
-from chatlog.client.clientlog import ClientLog
+from chatlog.client.clientlog import REPLY, REPLY_LINE, SENT_LINE, ClientLog
 from chatlog.client.load import MESSAGE_ID, TICK, LoadPlan, LoadRun, payload
 from chatlog.client.session import Conversation, argument_lines, show_reply
 from chatlog.client.stats import Recorder, Summary, new_histogram
@@ -216,7 +217,7 @@ def test_no_reply_within_timeout_gives_up() -> None:
 
 
 def test_client_log_has_one_sent_and_one_reply_record_per_message(tmp_path: Path) -> None:
-    """--logfile: Message Sent / Message Received records, in batches, the reply with its RTT."""
+    """--logfile: Message Sent / Message Received records, the reply with its RTT, in time order."""
     path = tmp_path / "client.log"
     log = ClientLog(str(path), "json", utc=True, ip="127.0.0.1", port=5000)
     clock, run, transports = start_run(LoadPlan(connections=2, messages=4, pipeline=2), log=log)
@@ -234,6 +235,35 @@ def test_client_log_has_one_sent_and_one_reply_record_per_message(tmp_path: Path
         assert reply["rtt_ms"] == pytest.approx(3.0)
         assert (reply["ip"], reply["port"]) == ("127.0.0.1", 5000)
         assert reply["ts"].endswith("+00:00")
+    # Each Sent record is at its message's send time, 3 ms before its reply.
+    times = [datetime.fromisoformat(r["ts"]).timestamp() for r in records]
+    for key, reply in replies.items():
+        gap = datetime.fromisoformat(reply["ts"]) - datetime.fromisoformat(sent[key]["ts"])
+        assert gap.total_seconds() == pytest.approx(0.003, abs=2e-6)
+    assert times == sorted(times)
+
+
+def test_client_log_puts_records_in_time_order_across_batches(tmp_path: Path) -> None:
+    """A closed loop's Sent record comes with its reply, a batch later: the watermark puts it back in order."""
+    path = tmp_path / "client.log"
+    log = ClientLog(str(path), "json", utc=True)
+    log.describe(size=8, expect=b"OK ", derive_sent=True)
+    # Message 1 of conn 1 sent at 1 ms, answered at 9 ms; message 1 of conn 2 sent and
+    # answered at 2 and 3 ms.  At the first flush conn 1's message is still in flight.
+    log.pending.append((REPLY, 2, 1, 2_000_000, 3_000_000))
+    log.flush(watermark=1_000_000)
+    assert path.read_bytes() == b""  # everything is newer than the oldest message in flight
+    log.pending.append((REPLY, 1, 1, 1_000_000, 9_000_000))
+    log.flush(watermark=10_000_000)
+    log.close()
+    records = [json.loads(r) for r in path.read_bytes().split(b"\n")[:-1]]
+    assert [(r["event"], r["conn"]) for r in records] == [
+        ("sent", 1),
+        ("sent", 2),
+        ("reply", 2),
+        ("reply", 1),
+    ]
+    assert records[3]["msg"] == "OK c1-s1-xx" and records[3]["rtt_ms"] == 8.0
 
 
 @pytest.mark.parametrize("format_name", ["event", "dash", "json"])
@@ -252,9 +282,16 @@ def test_client_log_formats_and_batched_writes(
 
     monkeypatch.setattr(os, "write", counting_write)
     for seq in range(1, 101):
-        log.pending.append(("sent", 1_000_000 * seq, 3, seq, b"hi\\\x1b", 0))
+        log.pending.append((SENT_LINE, 3, seq, 1_000_000 * seq, b"hi\\\x1b"))
         log.pending.append(
-            ("reply", 1_000_000 * seq + 250_000, 3, seq, b"Server received: hi\\\x1b", 250_000)
+            (
+                REPLY_LINE,
+                3,
+                seq,
+                1_000_000 * seq,
+                1_000_000 * seq + 250_000,
+                b"Server received: hi\\\x1b",
+            )
         )
     log.close()
     assert len(writes) == 1
@@ -275,12 +312,36 @@ def test_client_log_formats_and_batched_writes(
         assert unescape_text(json.loads(first_sent)["msg"]) == b"hi\\\x1b"
 
 
+def test_client_log_is_formatted_by_a_writer_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load run's log: this process only spools compact records; another formats them."""
+    path = tmp_path / "client.log"
+
+    def not_here(*args: Any) -> bytes:
+        raise AssertionError("formatted on the measuring process")
+
+    monkeypatch.setattr(clientlog.Book, "feed", not_here)
+    log = ClientLog(str(path), "event", ip="127.0.0.1", port=5000, background=True)
+    clock, run, transports = start_run(LoadPlan(connections=2, messages=50, pipeline=4), log=log)
+    while not run.finished.called:
+        clock.advance(0.001)
+        answer(run, transports)
+        if int(clock.seconds() * 1000) % 5 == 0:
+            run.tick()  # a flush now and then, as the run's ticker does
+    log.close()
+    assert log._spool is not None and log._spool.proc.returncode == 0
+    records = path.read_bytes().split(b"\n")
+    assert records[-1] == b"" and len(records) == 201
+    assert sum(r.startswith(b"Message Sent: ") for r in records) == 100
+    assert all(re.search(rb"\(rtt 1\.000000 ms\)$", r) for r in records if b"Received" in r)
+
+
 def test_summary_json_has_the_documented_keys() -> None:
     """--json: the documented object, numbers in ms; the histogram travels as base64."""
     recorder = Recorder()
     recorder.pending.extend([1000] * 98 + [5000, 200_000])
-    recorder.fold()
-    data = json.loads(Summary(100, 1, 2.0, 4, recorder.histogram).json_line())
+    data = json.loads(Summary(100, 1, 2.0, 4, recorder.total()).json_line())
     assert set(data) >= {
         "messages",
         "errors",

@@ -71,9 +71,8 @@ def test_client_and_report_summaries_agree() -> None:
     values, histogram = sample_histogram()
     recorder = Recorder()
     recorder.pending.extend(values)
-    recorder.fold()
     client = Summary(messages=len(values), errors=0, duration_s=1.0, connections=1)
-    client.histogram = recorder.histogram
+    client.histogram = recorder.total()
     report = rtt_summary(histogram)
     assert report == {"count": len(values), **client.rtt_ms()}
 
