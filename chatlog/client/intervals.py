@@ -87,7 +87,6 @@ class IntervalClock:
         self._last_wall = self.wall()
         # Warm-up errors are not the measured window's.
         self._last_errors = run.errors()
-        run.recorder.close_interval()  # nothing counted yet: an empty start
         self._loop = LoopingCall(self.close)
         self._loop.clock = run.clock
         self._loop.start(self.every, now=False)

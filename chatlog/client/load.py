@@ -342,7 +342,7 @@ class LoadRun:
         self.sending = True
         self._cpu0 = cpu_seconds()
         self.start_ns = self._last_progress_ns = now
-        self.measure_from = now + int(plan.warmup * 1e9)
+        self.measure_from = now + round(plan.warmup * 1e9)
         self._ticker = LoopingCall(self.tick)
         self._ticker.clock = self.clock
         self._ticker.start(TICK, now=False)

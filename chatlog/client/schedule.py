@@ -35,11 +35,12 @@ class OpenLoop:
         self.run = run
         self.start_ns = start_ns
         self.interval_ns = 1e9 / plan.rate
+        # Rounded first: 2000 * (0.3 + 1.6) is 3800.0000000000005 in floats, not 3801 messages.
         if plan.messages is not None:
-            warm = math.ceil(plan.rate * plan.warmup)
+            warm = math.ceil(round(plan.rate * plan.warmup, 6))
             self.total = warm + plan.messages * plan.connections
         else:
-            self.total = math.ceil(plan.rate * (plan.warmup + (plan.duration or 0.0)))
+            self.total = math.ceil(round(plan.rate * (plan.warmup + (plan.duration or 0.0)), 6))
         self.next = 0  # the first message not sent yet
         #: How late each counted message was sent (µs).
         self.late = Recorder()
