@@ -12,4 +12,7 @@
 - :mod:`~tests.support.delayproxy`: a proxy that holds replies a known time.
 - :mod:`~tests.support.syscalls`: a running server's system calls, watched with strace.
 - :mod:`~tests.support.tear`: kill -9 a server inside a log write (ptrace), for a real torn line.
+- :mod:`~tests.support.strace`: a server run under strace, its system calls made to fail.
+- :mod:`~tests.support.powercut_fs`: a FUSE filesystem that forgets what was not synced.
+- :mod:`~tests.support.fleet`: chatlog nodes, HAProxy and rsyslog (RELP) run as a fleet.
 """
