@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from chatlog.log.escaping import escape_text, unescape
+from chatlog.log.escaping import TEXT_KEEP, escape_text, is_plain, unescape
 from chatlog.log.events import (
     EVENTS,
     Event,
@@ -66,13 +66,31 @@ class DashFormatter(Formatter):
             fields["port"],
             self.stamps.text(fields["time"]),
         )
-        records = []
-        for line in lines:
-            text = escape_text(line)[0]
-            if text[:1] == b"[":
-                text = b"\\x5b" + text[1:]
-            records.append(lead + text + b"\n")
-        return b"".join(records)
+        if len(lines) == 1:
+            text = lines[0]
+            if text.translate(TEXT_KEEP) != text or text[:1] == b"[":
+                text = _dash_text(text)
+            return lead + text + b"\n"
+        if not lines:
+            return b""
+        separator = b"\n" + lead
+        # One check for the whole read, as the event format does.
+        if is_plain(b"".join(lines)):
+            body = separator.join(lines)
+            # A plain line holds no "\n", so "\n" + lead + "[" in the body
+            # is exactly a line after the first that begins with "[".
+            if lines[0][:1] != b"[" and separator + b"[" not in body:
+                return b"".join((lead, body, b"\n"))
+        texts = [_dash_text(text) for text in lines]
+        return b"".join((lead, separator.join(texts), b"\n"))
+
+
+def _dash_text(raw: bytes) -> bytes:
+    """The escaped text, with a leading ``[`` as ``\\x5b`` so it cannot pass for an event's tag."""
+    text = escape_text(raw)[0]
+    if text[:1] == b"[":
+        return b"\\x5b" + text[1:]
+    return text
 
 
 _CONNECTION_RECORD = re.compile(rb"(\S+) - (\d+) - " + TEXT_STAMP + rb" - (.*)", re.S)

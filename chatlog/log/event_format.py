@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from chatlog.log.escaping import escape_text, find_unsafe, unescape_text
+from chatlog.log.escaping import TEXT_KEEP, escape_text, is_plain, unescape_text
 from chatlog.log.events import (
     EVENTS,
     Event,
@@ -105,12 +105,20 @@ class EventFormatter(Formatter):
     def messages(self, fields: Event, lines: list[bytes]) -> bytes:
         # Every record of a read shares all but the text: build that lead once.
         lead = self._MESSAGE_HEAD + self.stamps.text(fields["time"]) + b" - " + self.labels(fields)
+        if len(lines) == 1:
+            text = lines[0]
+            if text.translate(TEXT_KEEP) != text:
+                text = escape_text(text)[0]
+            return lead + text + b"\n"
+        if not lines:
+            return b""
         texts = lines
-        for line in lines:
-            if find_unsafe(line) is not None:
-                texts = [escape_text(text)[0] for text in lines]
-                break
-        return lead + (b"\n" + lead).join(texts) + b"\n"
+        # One check for the whole read (a join is a memcpy; a check per line
+        # would cost a call per line): plain text goes in as it is.
+        if not is_plain(b"".join(lines)):
+            texts = [escape_text(text)[0] for text in lines]
+        # One copy of the texts into the records, then one into the result.
+        return b"".join((lead, (b"\n" + lead).join(texts), b"\n"))
 
 
 _PEER = rb"(?:\[([^\]]*)\]|([^\s\[\]:]+)):(\d+) #(\d+)"

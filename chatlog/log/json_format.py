@@ -18,25 +18,33 @@ the exact bytes.
 from __future__ import annotations
 
 import json
-import re
 
-from chatlog.log.escaping import escape_text, unescape_text
+from chatlog.log.escaping import TEXT_SAFE, escape_text, keep_table, unescape_text
 from chatlog.log.events import EVENTS, Event, Parsed, UnparsedRecord
 from chatlog.log.record import Formatter, Parser
 
 _json_dumps = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": ")).encode
 
-# Bytes that go into a JSON string as they are: printable ASCII except the
-# backslash and the double quote.
-_JSON_UNSAFE = re.compile(rb"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+#: Bytes that go into a JSON string as they are: printable ASCII but the
+#: backslash and the double quote (``ensure_ascii`` escapes all the others).
+JSON_SAFE = TEXT_SAFE.replace(b'"', b"")
+_JSON_KEEP = keep_table(JSON_SAFE)
+
+# One record of a plain line: lead, seq, the line's bytes as they are.
+_PLAIN_RECORD = b'%s%d, "msg": "%s"}\n'
 
 # Keys every JSON record starts with, in this order; the rest follow as given.
 _JSON_LEAD = ("time", "event", "ip", "port", "conn", "seq", "msg")
 
 
+def is_json_plain(data: bytes) -> bool:
+    """Whether every byte of ``data`` goes into a JSON string as it is (see ``JSON_SAFE``)."""
+    return data.translate(_JSON_KEEP) == data
+
+
 def _json_msg(raw: bytes) -> bytes:
     """``, "msg": ...`` for client bytes (plus ``"utf8": false`` when not UTF-8)."""
-    if _JSON_UNSAFE.search(raw) is None:
+    if raw.translate(_JSON_KEEP) == raw:
         return b', "msg": "' + raw + b'"'
     try:
         return b', "msg": ' + _json_dumps(raw.decode("utf-8")).encode()
@@ -82,9 +90,22 @@ class JsonFormatter(Formatter):
             fields["port"],
             fields["conn"],
         )
+        first = fields["seq"]
+        count = len(lines)
+        if count == 1:
+            line = lines[0]
+            if line.translate(_JSON_KEEP) == line:
+                return _PLAIN_RECORD % (lead, first, line)
+        elif is_json_plain(b"".join(lines)):
+            # One check and one formatting for the whole read, and the lines
+            # copied once: the records' template repeated, its arguments laid
+            # out by slice assignments rather than a loop.
+            args: list[object] = [lead] * (3 * count)
+            args[1::3] = range(first, first + count)
+            args[2::3] = lines
+            return (_PLAIN_RECORD * count) % tuple(args)
         return b"".join(
-            b"%s%d%s}\n" % (lead, seq, _json_msg(line))
-            for seq, line in enumerate(lines, fields["seq"])
+            b"%s%d%s}\n" % (lead, seq, _json_msg(line)) for seq, line in enumerate(lines, first)
         )
 
 

@@ -7,7 +7,9 @@ record of a reactor turn schedules :meth:`LogWriter.flush` with
 ``callLater(0)``, which runs at the start of the next turn and
 
 1. writes every staged record with one ``write(2)`` (looping on short writes),
-   plus ``fdatasync`` when ``fsync`` is on (group commit);
+   plus ``fdatasync`` when ``fsync`` is on (group commit); big records go
+   with ``writev(2)`` from where they lie instead of being joined first, up
+   to 1024 (IOV_MAX) per call;
 2. then tells every connection that asked (:meth:`LogWriter.ackAfterWrite`)
    whether its records reached the kernel, so it can send its replies, or
    ``ERROR log unavailable`` when they did not.
@@ -38,21 +40,27 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
 from twisted.logger import ILogObserver, Logger
 from zope.interface import implementer
 
 from chatlog.log.events import Event
 from chatlog.log.files import (
+    PageRecycler,
+    WriteFailed,
     cut_back,
     ends_mid_line,
     is_regular,
     open_log_file,
     sync_directory,
+    write_all,
 )
 from chatlog.log.record import TORN_MARK, Formatter
 
 log = Logger()
+
+#: Bytes written between two steps of the log's :class:`~chatlog.log.files.PageRecycler`.
+RECYCLE_BYTES = 16 << 20
 
 #: Seconds before the first retry of a failed reopen; each failure doubles it, up to the cap.
 REOPEN_FIRST_RETRY = 0.1
@@ -113,6 +121,12 @@ class LogWriter:
         # which others may write to as well, nor a device.
         self._cuttable = False
         self._staged: list[bytes] = []
+        # Keeps the log's pages in the page cache few (a file this writer may
+        # cut back only: a regular file of its own), in a thread if the
+        # clock is a reactor that has them.
+        self._pages = PageRecycler(
+            RECYCLE_BYTES, clock.callInThread if IReactorThreads.providedBy(clock) else None
+        )
         # What the staged bytes hold, to say what a failed write refused.
         self._staged_messages = 0
         self._staged_others = 0
@@ -320,7 +334,7 @@ class LogWriter:
     # -- writing --------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write every staged record with one write, then call back the waiters."""
+        """Write every staged record (one system call for up to 1024), then call back the waiters."""
         if self._flush_call is not None:
             if self._flush_call.active():
                 self._flush_call.cancel()
@@ -336,32 +350,36 @@ class LogWriter:
             waiter.logWritten(ok)
 
     def _write_batch(self, records: list[bytes], messages: int, others: int) -> bool:
-        own = 0  # where the batch's own records begin in ``data``
+        own = 0  # where the batch's own records begin
         if self._torn or self.failing_since is not None:
             records[:0] = lead = self._lead()
             own = sum(map(len, lead))
-        data = b"".join(records)
+        total = sum(map(len, records))
         started = time.perf_counter()
-        written = 0
         try:
             if self.fd is None:
-                raise OSError("log file is not open")
-            view = memoryview(data)
-            while written < len(data):
-                written += os.write(self.fd, view[written:])
+                raise WriteFailed(OSError("log file is not open"), 0)
+            write_all(self.fd, records, total)
             if self.fsync:
-                os.fdatasync(self.fd)
-        except OSError as error:
-            self._write_failed(error, written, data, own, messages, others)
+                try:
+                    os.fdatasync(self.fd)
+                except OSError as error:
+                    raise WriteFailed(error, total) from error
+        except WriteFailed as failed:
+            # Rare: only now are the records joined, to see what they left.
+            data = b"".join(records)
+            self._write_failed(failed.error, failed.written, data, own, messages, others)
             return False
         self._torn = False
+        if self._cuttable:
+            self._pages.wrote(self.fd, total)
         self.messages_logged += messages
         if self.failing_since is not None:
             log.info("chatlog: log {path} writable again", path=self.path)
             self.failing_since = None
             self._refused = self._lost = self._left = 0
         if self.on_batch is not None:
-            self.on_batch(len(data), time.perf_counter() - started)
+            self.on_batch(total, time.perf_counter() - started)
         return True
 
     def _lead(self) -> list[bytes]:

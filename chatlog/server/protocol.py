@@ -363,7 +363,8 @@ class ChatProtocol(TwistedProtocol):
         lines, self._unacked = self._unacked, []
         if lines:
             if ok:
-                self.transport.write(_PREFIX + _SEPARATOR.join(lines) + _DELIMITER)
+                # Joined, not added: a read's replies are copied once more, not twice.
+                self.transport.write(b"".join((_PREFIX, _SEPARATOR.join(lines), _DELIMITER)))
             else:
                 self.transport.write(ERROR_LOG_UNAVAILABLE * len(lines))
         if self._notice is not None:
