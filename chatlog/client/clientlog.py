@@ -18,6 +18,11 @@ Compact records (times are ``time.perf_counter_ns`` readings)::
     (SENT, conn, first_seq, count, now_ns)           load messages sent with one write
     (SENT_LINE, conn, seq, now_ns, line)             a line of the conversation
 
+The hot path's record, an expected reply, is smaller still: ``(conn, seq,
+start_ns, now_ns)`` in a list of its own (:attr:`ClientLog.replies`), with no
+kind (a tuple costs its allocation and the memory it holds until the flush:
+the fewer fields, the less of both).
+
 A load message's text is known from its connection and number
 (:func:`~chatlog.client.plan.payload`), so it is not carried.  In the closed
 loop a reply's ``start_ns`` is its message's send time, so no ``SENT`` record
@@ -40,8 +45,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 
 from chatlog.client.plan import payload
 from chatlog.log import make_formatter
@@ -50,8 +59,14 @@ from chatlog.wire import REPLY_PREFIX
 REPLY, REPLY_LINE, SENT, SENT_LINE = range(4)
 #: A pending record: one of the compact tuples above.
 Pending = tuple[Any, ...]
+#: An expected reply: (conn, seq, start_ns, now_ns).
+Reply = tuple[int, int, int, int]
 #: A spool frame: its length, then marshal data; length 0 ends the spool.
 FRAME = struct.Struct("<I")
+#: Seconds between hand-overs of the records while a load runs: each pauses
+#: the measuring loop as long as its batch takes (about 60 ns a record), so
+#: batches are kept small.
+HAND_OVER = 0.02
 _NEVER = 1 << 62
 
 
@@ -74,11 +89,18 @@ class Book:
     def wall_time(self, perf_ns: int) -> float:
         return self._wall0 + (perf_ns - self._perf0) / 1e9
 
-    def feed(self, watermark: int, records: list[Pending]) -> bytes:
-        """Take ``records``; return the lines of every record older than ``watermark``."""
+    def feed(
+        self, watermark: int, records: Sequence[Pending], replies: Sequence[Reply] = ()
+    ) -> bytes:
+        """Take ``records`` and ``replies``; return the lines of every record older than ``watermark``."""
         held = self.held
         add = held.append
         size, expect, derive = self.size, self.expect, self.derive_sent
+        for conn, seq, start, now in replies:
+            text = payload(conn, seq, size)
+            if derive:
+                add((start, "sent", conn, seq, text, 0))
+            add((now, "reply", conn, seq, expect + text, now - start))
         for record in records:
             kind = record[0]
             if kind == REPLY:
@@ -160,6 +182,8 @@ class ClientLog:
         make_formatter(format_name, utc)  # an unknown format fails here, not in the writer
         self.path = path
         self.pending: list[Pending] = []
+        #: Expected replies, the load's hot path: (conn, seq, start_ns, now_ns).
+        self.replies: list[Reply] = []
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         # One pair of readings fixes the wall-clock time of every monotonic reading.
         self.header: dict[str, Any] = {
@@ -174,6 +198,9 @@ class ClientLog:
             "perf0": time.perf_counter_ns(),
         }
         self._book: Book | None = None
+        #: Records older than this are complete (set by the load run as it goes).
+        self.watermark = 0
+        self._handing_over: LoopingCall | None = None
         # Started now, so that its start-up overlaps connecting.
         self._spool = Spool(self._fd) if background else None
 
@@ -184,17 +211,29 @@ class ClientLog:
 
     def flush(self, watermark: int = _NEVER) -> None:
         """Hand what is pending on; records older than ``watermark`` are complete."""
-        if not self.pending:
+        if not self.pending and not self.replies:
             return
+        # Copied and cleared in place: the protocols hold these lists' bound appends.
         batch = self.pending[:]
-        # Cleared in place: the protocols hold this list's bound append.
         self.pending.clear()
+        replies = self.replies[:]
+        self.replies.clear()
         if self._spool is not None:
-            self._spool.send(self.header, watermark, batch)
+            self._spool.send(self.header, watermark, batch, replies)
         else:
             if self._book is None:
                 self._book = Book(self.header)
-            write_all(self._fd, self._book.feed(watermark, batch))
+            write_all(self._fd, self._book.feed(watermark, batch, replies))
+
+    def start_handing_over(self, clock: IReactorTime) -> None:
+        """Flush every :data:`HAND_OVER` seconds, up to :attr:`watermark`, until stopped."""
+        self._handing_over = LoopingCall(lambda: self.flush(self.watermark))
+        self._handing_over.clock = clock
+        self._handing_over.start(HAND_OVER, now=False)
+
+    def stop_handing_over(self) -> None:
+        if self._handing_over is not None and self._handing_over.running:
+            self._handing_over.stop()
 
     def close(self) -> None:
         """Write everything, and wait for the writer process to finish the log."""
@@ -228,7 +267,14 @@ class Spool:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatlog.client.logwriter", str(self._fd), str(log_fd)],
+            [
+                sys.executable,
+                "-m",
+                "chatlog.client.logwriter",
+                str(self._fd),
+                str(log_fd),
+                str(os.getpid()),
+            ],
             pass_fds=(self._fd, log_fd),
             stdin=subprocess.DEVNULL,
             env=env,
@@ -237,11 +283,13 @@ class Spool:
     def _frame(self, data: bytes) -> None:
         write_all(self._fd, FRAME.pack(len(data)) + data)
 
-    def send(self, header: dict[str, Any], watermark: int, batch: list[Pending]) -> None:
+    def send(
+        self, header: dict[str, Any], watermark: int, batch: list[Pending], replies: list[Reply]
+    ) -> None:
         if not self._started:
             self._started = True
             self._frame(marshal.dumps(header))
-        self._frame(marshal.dumps((watermark, batch)))
+        self._frame(marshal.dumps((watermark, batch, replies)))
 
     def close(self) -> None:
         try:

@@ -34,14 +34,14 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from chatlog.client.clientlog import REPLY, REPLY_LINE, SENT, ClientLog
+from chatlog.client.clientlog import REPLY_LINE, SENT, ClientLog
 from chatlog.client.plan import MESSAGE_ID, REFUSALS, LoadPlan, payload, why_lost
 from chatlog.client.schedule import OpenLoop
 from chatlog.client.stats import Recorder, Summary, cpu_seconds
 
 __all__ = ["MESSAGE_ID", "TICK", "LoadPlan", "LoadProtocol", "LoadRun", "payload", "why_lost"]
 
-#: Seconds between folds of the histogram, log flushes and progress updates.
+#: Seconds between folds of the histogram, stall checks and progress updates.
 TICK = 0.2
 #: Connection problems kept word for word; beyond them only counted.
 _MAX_PROBLEMS = 5
@@ -75,6 +75,7 @@ class LoadProtocol(Protocol):
         self._now = run.now_ns
         self._record = run.recorder.pending.append
         self._log = run.log.pending.append if run.log is not None else None
+        self._log_reply = run.log.replies.append if run.log is not None else None
 
     def connectionMade(self) -> None:
         self.connected = True
@@ -143,7 +144,7 @@ class LoadProtocol(Protocol):
         inflight = self.inflight
         popleft = inflight.popleft
         record = self._record
-        log = self._log
+        log_reply = self._log_reply
         expect = self.expect
         good = 0
         for line in lines:
@@ -156,8 +157,8 @@ class LoadProtocol(Protocol):
                 if counted:
                     record((now - start) // 1000)
                     good += 1
-                if log is not None:
-                    log((REPLY, self.conn, seq, start, now))
+                if log_reply is not None:
+                    log_reply((self.conn, seq, start, now))
             elif line in REFUSALS:
                 # Sent at connect, before any reply: it answers none of our messages.
                 inflight.appendleft((seq, sent, start, counted))
@@ -166,8 +167,8 @@ class LoadProtocol(Protocol):
             else:
                 self.errors += 1
                 self.run.bad_reply(self, line)
-                if log is not None:
-                    log((REPLY_LINE, self.conn, seq, start, now, line))
+                if self._log is not None:
+                    self._log((REPLY_LINE, self.conn, seq, start, now, line))
         if good:
             self.replies += good
             self.last_reply_ns = now
@@ -346,6 +347,9 @@ class LoadRun:
         self._ticker = LoopingCall(self.tick)
         self._ticker.clock = self.clock
         self._ticker.start(TICK, now=False)
+        if self.log is not None:
+            self.log.watermark = self.watermark(now)
+            self.log.start_handing_over(self.clock)
         if plan.warmup > 0:
             self._calls.append(self.clock.callLater(plan.warmup, self._measuring))
         else:
@@ -391,7 +395,9 @@ class LoadRun:
         self.recorder.fold()
         now = self.now_ns()
         if self.log is not None:
-            self.log.flush(self.watermark(now))
+            # Between ticks the log hands records over with this watermark.
+            self.log.watermark = self.watermark(now)
+            self.log.flush(self.log.watermark)
         progress = sum(p.replies + p.errors for p in self.protocols)
         if progress != self._last_progress:
             self._last_progress, self._last_progress_ns = progress, now
@@ -442,6 +448,7 @@ class LoadRun:
         self.sending = False
         self.recorder.fold()
         if self.log is not None:
+            self.log.stop_handing_over()
             self.log.flush()
         self.end_ns = self.now_ns()
         if self.on_end is not None:

@@ -1,6 +1,6 @@
 """The writer process of the client's log: formats and writes it off the measuring loop.
 
-``python -m chatlog.client.logwriter SPOOL_FD LOG_FD``, started by
+``python -m chatlog.client.logwriter SPOOL_FD LOG_FD CLIENT_PID``, started by
 :class:`chatlog.client.clientlog.Spool` with both descriptors inherited.  It
 reads the spool's frames as the client appends them (a header, then batches
 of compact records with their watermark, then an empty frame at the end),
@@ -41,10 +41,11 @@ def lowest_priority() -> None:
 class SpoolReader:
     """The spool's frames, read at this process's own offset as they are appended."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, client: int) -> None:
         self.fd = fd
         self.offset = 0
-        self.parent = os.getppid()
+        # Given, not read with getppid(): the client may be gone before we start.
+        self.client = client
 
     def _read(self, size: int) -> bytes | None:
         """``size`` bytes at the offset; None once the client is gone and they never came."""
@@ -55,7 +56,7 @@ class SpoolReader:
                 return data
             # A frame being written is seen in part: wait for the rest, unless
             # the client is gone (we were handed to another parent).
-            if os.getppid() != self.parent:
+            if os.getppid() != self.client:
                 return None
             time.sleep(POLL_S)
 
@@ -72,16 +73,16 @@ class SpoolReader:
 
 
 def main(argv: Sequence[str]) -> int:
-    spool_fd, log_fd = int(argv[0]), int(argv[1])
+    spool_fd, log_fd, client = (int(arg) for arg in argv[:3])
     lowest_priority()
-    spool = SpoolReader(spool_fd)
+    spool = SpoolReader(spool_fd, client)
     header = spool.frame()
     if header is None:
         return 0  # nothing was logged
     book = Book(header)
     while (frame := spool.frame()) is not None:
-        watermark, records = frame
-        write_all(log_fd, book.feed(watermark, records))
+        watermark, records, replies = frame
+        write_all(log_fd, book.feed(watermark, records, replies))
     write_all(log_fd, book.drain())
     return 0
 
