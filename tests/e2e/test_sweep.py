@@ -62,40 +62,62 @@ def result_of(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     return data
 
 
+def knee_sweep(port: int, capacity: int) -> subprocess.Popen[bytes]:
+    """The sweep of the "done when": --slo-p99 10, ramp 0.6 N then 1.2 N, three bisections."""
+    rates = f"{0.6 * capacity:g},{1.2 * capacity:g}"
+    return sweep(
+        port,
+        "--slo-p99",
+        "10",
+        "--connections",
+        "4",
+        "--rates",
+        rates,
+        "--bisect",
+        "3",
+        "--warmup",
+        "0.3",
+        "--duration",
+        "1.5",
+    )
+
+
+def knee_problems(capacity: int, data: dict[str, Any]) -> list[str]:
+    """What is wrong with a sweep's answer for a server capped at ``capacity`` (nothing: [])."""
+    steps = data["steps"]
+    problems = []
+    if [s["phase"] for s in steps] != ["ramp", "ramp", "bisect", "bisect", "bisect"]:
+        problems.append("not two ramp steps then three bisections")
+    if not (steps[0]["ok"] and not steps[1]["ok"]):
+        problems.append("0.6 N should pass and 1.2 N fail")
+    if any(s["client_limited"] for s in steps) or data["limited_by"] != "server":
+        problems.append("a step was marked as the client's limit")
+    if not 0.85 * capacity <= data["max_rate_msgs_per_s"] <= 1.15 * capacity:
+        problems.append(f"answer {data['max_rate_msgs_per_s']} not within 15% of {capacity}")
+    if data["max_rate_msgs_per_s"] != max(s["offered_msgs_per_s"] for s in steps if s["ok"]):
+        problems.append("the answer is not the highest rate that passed")
+    return problems
+
+
 def test_sweep_finds_the_knee_of_a_server_of_known_capacity() -> None:
-    """Against servers capped at 1,500 and 4,000 msgs/s, --slo-p99 10 answers within ±15%."""
+    """Against servers capped at 1,500 and 4,000 msgs/s, --slo-p99 10 answers within ±15%.
+
+    The two sweeps run side by side.  A stall of this shared machine longer than
+    the SLO spoils a step's p99 (1% of 1.5 s is 15 ms of messages): a sweep whose
+    answer is wrong is run once more, alone, and that run must be right.
+    """
     capacities = (1500, 4000)
     with (
         peer("capped_reply", str(capacities[0])) as low,
         peer("capped_reply", str(capacities[1])) as high,
     ):
-        runs = [
-            sweep(
-                port,
-                "--slo-p99",
-                "10",
-                "--connections",
-                "4",
-                "--rates",
-                f"{0.6 * n:g},{1.2 * n:g}",
-                "--bisect",
-                "3",
-                "--warmup",
-                "0.3",
-                "--duration",
-                "1",
-            )
-            for port, n in zip((low, high), capacities, strict=True)
-        ]
+        ports = (low, high)
+        runs = [knee_sweep(port, n) for port, n in zip(ports, capacities, strict=True)]
         results = [result_of(proc) for proc in runs]
-    for n, data in zip(capacities, results, strict=True):
-        steps = data["steps"]
-        assert [s["phase"] for s in steps] == ["ramp", "ramp", "bisect", "bisect", "bisect"]
-        assert steps[0]["ok"] and not steps[1]["ok"]  # 0.6 N is fine, 1.2 N is not
-        assert not any(s["client_limited"] for s in steps)
-        assert data["limited_by"] == "server"
-        assert 0.85 * n <= data["max_rate_msgs_per_s"] <= 1.15 * n, data
-        assert data["max_rate_msgs_per_s"] == max(s["offered_msgs_per_s"] for s in steps if s["ok"])
+        for port, n, data in zip(ports, capacities, results, strict=True):
+            if knee_problems(n, data):
+                again = result_of(knee_sweep(port, n))
+                assert not knee_problems(n, again), (knee_problems(n, again), again, data)
 
 
 def test_a_rate_the_client_cannot_send_is_the_clients_limit(chatlog_server: Any) -> None:
