@@ -88,8 +88,8 @@ class EventFormatter(Formatter):
     }
     _MESSAGE_HEAD = _KINDS["message"][0]
 
-    def __init__(self, stamps: Timestamps) -> None:
-        super().__init__(stamps)
+    def __init__(self, stamps: Timestamps, node: str | None = None) -> None:
+        super().__init__(stamps, node)
         self.labels = PeerLabels()
 
     def __call__(self, event: Event) -> bytes:

@@ -77,8 +77,10 @@ _TABLE = (
         "start",
         "Server Started",
         Scope.SERVER,
-        Template(
+        Alternatives(
             "listening on {listen:text} ({endpoint:text}), pid {pid:int}, chatlog {version:word}"
+            ", node {node:word}",
+            "listening on {listen:text} ({endpoint:text}), pid {pid:int}, chatlog {version:word}",
         ),
     ),
     EventType("connect", "Connection", Scope.CONNECTION, Template("connected")),

@@ -26,15 +26,15 @@ PARSERS: dict[str, type[Parser]] = {
 }
 
 
-def make_formatter(name: str, utc: bool = False) -> Formatter:
-    """The formatter for format ``name`` (``event``, ``dash`` or ``json``)."""
+def make_formatter(name: str, utc: bool = False, node: str | None = None) -> Formatter:
+    """The formatter for format ``name`` (``event``, ``dash`` or ``json``), for node ``node``."""
     try:
         factory = FORMATS[name]
     except KeyError:
         raise ValueError(
             f"unknown log format {name!r}; choose one of {', '.join(FORMATS)}"
         ) from None
-    return factory(Timestamps(utc=utc))
+    return factory(Timestamps(utc=utc), node)
 
 
 class RecordParser:

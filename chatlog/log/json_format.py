@@ -22,6 +22,7 @@ import json
 from chatlog.log.escaping import TEXT_SAFE, escape_text, keep_table, unescape_text
 from chatlog.log.events import EVENTS, Event, Parsed, UnparsedRecord
 from chatlog.log.record import Formatter, Parser
+from chatlog.log.timestamps import Timestamps
 
 _json_dumps = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": ")).encode
 
@@ -58,6 +59,11 @@ class JsonFormatter(Formatter):
 
     name = "json"
 
+    def __init__(self, stamps: Timestamps, node: str | None = None) -> None:
+        super().__init__(stamps, node)
+        # ``, "node": "n1"`` after the event's name in every record, or nothing.
+        self._node = b"" if node is None else b', "node": ' + _json_dumps(node).encode()
+
     def __call__(self, event: Event) -> bytes:
         dumps = _json_dumps
         stamps = self.stamps
@@ -67,6 +73,7 @@ class JsonFormatter(Formatter):
             b'", "event": "',
             event["event"].encode(),
             b'"',
+            self._node,
         ]
         if "ip" in event:
             out.append(
@@ -78,14 +85,15 @@ class JsonFormatter(Formatter):
         if "msg" in event:
             out.append(_json_msg(event["msg"]))
         for key, value in event.items():
-            if key not in _JSON_LEAD:
+            if key not in _JSON_LEAD and not (key == "node" and self._node):
                 out.append(b", " + dumps(key).encode() + b": " + dumps(value).encode())
         out.append(b"}\n")
         return b"".join(out)
 
     def messages(self, fields: Event, lines: list[bytes]) -> bytes:
-        lead = b'{"ts": "%s", "event": "message", "ip": %s, "port": %d, "conn": %d, "seq": ' % (
+        lead = b'{"ts": "%s", "event": "message"%s, "ip": %s, "port": %d, "conn": %d, "seq": ' % (
             self.stamps.iso(fields["time"]),
+            self._node,
             _json_dumps(fields["ip"]).encode(),
             fields["port"],
             fields["conn"],

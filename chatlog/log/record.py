@@ -45,8 +45,11 @@ class Formatter:
 
     name: ClassVar[str]
 
-    def __init__(self, stamps: Timestamps) -> None:
+    def __init__(self, stamps: Timestamps, node: str | None = None) -> None:
         self.stamps = stamps
+        #: This server's name in a fleet (``--node``): json puts it in every
+        #: record; the text formats name it in ``Server Started`` only.
+        self.node = node
 
     def __call__(self, event: Event) -> bytes:
         raise NotImplementedError

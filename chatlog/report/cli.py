@@ -23,6 +23,7 @@ from pathlib import Path
 from chatlog.report.console import print_hlogs, print_summary
 from chatlog.report.hlogs import is_hlog, load_hlogs
 from chatlog.report.inputs import load_bench
+from chatlog.report.nodes import SILENT_S
 from chatlog.report.outputs import write_report
 from chatlog.report.summary import build_report
 
@@ -62,6 +63,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="bench results (JSON rows from python -m chatlog.bench) to plot",
     )
     parser.add_argument(
+        "--health-check",
+        metavar="LINE",
+        help="the line a load balancer's health check sends (contrib/fleet's HAProxy: "
+        "haproxy-check): the per-node view counts those apart from clients' messages",
+    )
+    parser.add_argument(
+        "--silent-after",
+        type=float,
+        default=SILENT_S,
+        metavar="S",
+        help="a node whose records end this many seconds before the fleet's, without a "
+        "Server Stopped, went silent (default: %(default)s)",
+    )
+    parser.add_argument(
         "--top",
         type=int,
         default=10,
@@ -90,7 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chatlog.report: {e}", file=sys.stderr)
         return 2
     logs = [path for path in args.logs if path not in hlog_paths]
-    report = build_report(logs, utc=args.utc, top=args.top)
+    health_check = args.health_check.encode() if args.health_check is not None else None
+    report = build_report(
+        logs,
+        utc=args.utc,
+        top=args.top,
+        health_check=health_check,
+        silent_after=args.silent_after,
+    )
     written = write_report(report, args.output, bench, hlogs or None)
     if logs or not hlogs:
         print_summary(report.summary)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from chatlog.report.nodes import NODE_HEADERS, node_rows, silent_warnings
 from chatlog.report.text import HLOG_HEADERS, fmt, hlog_answer, hlog_rows, summary_rows
 
 
@@ -27,6 +28,15 @@ def print_summary(summary: dict[str, Any], out: Any = None) -> None:
     # A fixed width, so the table looks the same in a terminal and in a pipe.
     console = Console(file=out or sys.stdout, width=100)
     console.print(table)
+    if summary.get("nodes"):
+        nodes = Table(title="nodes")
+        for header in NODE_HEADERS:
+            nodes.add_column(header, justify="left" if header in ("node", "ended") else "right")
+        for row in node_rows(summary["nodes"]):
+            nodes.add_row(*(fmt(value) for value in row))
+        console.print(nodes)
+        for warning in silent_warnings(summary["nodes"]):
+            console.print(warning, markup=False, highlight=False, soft_wrap=True)
     for example in summary["unparsed"]["examples"][:3]:
         console.print(
             f"unparsed {example['file']}:{example['line']}: {example['text']!r}",

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from chatlog.report.nodes import NODE_HEADERS, node_rows, silent_warnings
 from chatlog.report.text import HLOG_HEADERS, fmt, hlog_answer, hlog_rows, summary_rows
 
 _CSS = """
@@ -25,6 +26,7 @@ img{max-width:100%;border:1px solid #ddd;margin:.5em 0} code{background:#f4f4f4}
 
 _PLOT_TITLES = {
     "messages": "Messages per second",
+    "nodes": "Messages per second, node by node",
     "connections": "Concurrent connections",
     "rtt": "Round-trip time: histogram and percentiles",
     "rtt_over_time": "Round-trip percentiles over time",
@@ -45,6 +47,10 @@ def render_html(summary: dict[str, Any], plots: dict[str, Path]) -> str:
         "<h2>Summary</h2>",
         _table(["section", "what", "value"], summary_rows(summary)),
     ]
+    if summary.get("nodes"):
+        parts.append("<h2>Nodes</h2>")
+        parts += [f"<p><b>{html.escape(w)}</b></p>" for w in silent_warnings(summary["nodes"])]
+        parts.append(_table(NODE_HEADERS, node_rows(summary["nodes"])))
     for name, path in plots.items():
         title = _PLOT_TITLES.get(name, name)
         parts.append(f"<h2>{html.escape(title)}</h2>")

@@ -26,6 +26,7 @@ def draw_all(report: Report, out: Path, bench: list[dict[str, Any]] | None) -> d
     """Every plot there is data for: name -> PNG path."""
     drawn: dict[str, Path | None] = {
         "messages": plot_messages(report, out / "messages_per_second.png"),
+        "nodes": plot_nodes(report, out / "nodes.png"),
         "connections": plot_connections(report, out / "connections.png"),
         "rtt": plot_rtt(report, out / "rtt.png"),
         "rtt_over_time": plot_rtt_over_time(report, out / "rtt_over_time.png"),
@@ -57,6 +58,34 @@ def plot_messages(report: Report, path: Path) -> Path | None:
         ax.axhline(mean, linestyle="--", color="grey", label=f"server mean {mean:,.0f}/s")
     per = "per second" if width == 1 else f"per second (mean over {width} s)"
     ax.set_title(f"Messages {per}")
+    ax.set_ylabel("messages / s")
+    ax.set_ylim(bottom=0)
+    _time_axis(ax, base, report.utc)
+    ax.legend(loc="best")
+    return _save(fig, path)
+
+
+def plot_nodes(report: Report, path: Path) -> Path | None:
+    """A fleet: each node's clients' messages per second over time (health checks left out)."""
+    if not report.summary.get("nodes") or report.nodes is None:
+        return None
+    series = [
+        (name, figures.per_second)
+        for name, figures in sorted(report.nodes.nodes.items())
+        if figures.per_second
+    ]
+    if not series:
+        return None
+    base = _base_second(report)
+    last = max(max(counts) for _, counts in series)
+    first = min(min(counts) for _, counts in series)
+    fig, ax = _figure()
+    width = 1
+    for name, counts in series:
+        xs, ys, width = _binned(dict(counts), first, last)
+        _step(ax, xs + (first - base), ys, width, label=name)
+    per = "per second" if width == 1 else f"per second (mean over {width} s)"
+    ax.set_title(f"Messages {per}, node by node")
     ax.set_ylabel("messages / s")
     ax.set_ylim(bottom=0)
     _time_axis(ax, base, report.utc)

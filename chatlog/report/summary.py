@@ -20,6 +20,7 @@ from hdrh.histogram import HdrHistogram
 from chatlog.latency import rtt_ms
 from chatlog.log import LogReader
 from chatlog.report.inputs import merged, open_streams
+from chatlog.report.nodes import SILENT_S, NodeFold, nodes_summary
 from chatlog.report.stats import ClientStats, PerSecond, ServerStats
 from chatlog.report.text import stamp
 from chatlog.wire import format_address
@@ -34,20 +35,32 @@ class Report:
     client: ClientStats
     readers: list[LogReader]
     utc: bool = False
+    nodes: NodeFold | None = None
 
 
-def build_report(paths: Sequence[str | Path], *, utc: bool = False, top: int = 10) -> Report:
-    """Read every log once and summarise it."""
+def build_report(
+    paths: Sequence[str | Path],
+    *,
+    utc: bool = False,
+    top: int = 10,
+    health_check: bytes | None = None,
+    silent_after: float = SILENT_S,
+) -> Report:
+    """Read every log once and summarise it; ``health_check`` is the line a load
+    balancer's health check sends (counted apart in the per-node view), and a
+    node whose records end ``silent_after`` seconds before the fleet's went silent."""
     readers = [LogReader(path, utc=utc) for path in paths]
-    server, client = ServerStats(), ClientStats()
+    server, client, nodes = ServerStats(), ClientStats(), NodeFold(health_check, silent_after)
     server_streams, client_streams = open_streams(readers)
     for event in merged(server_streams):
         server.add(event)
+        nodes.add(event)
     for event in merged(client_streams):
         client.add(event)
     client.fold()
     summary = summarize(server, client, readers, top=top, utc=utc)
-    return Report(summary, server, client, readers, utc)
+    summary["nodes"] = nodes_summary(nodes, utc)
+    return Report(summary, server, client, readers, utc, nodes)
 
 
 def summarize(

@@ -119,8 +119,13 @@ class ChatlogService(service.Service):
         super().startService()
         if self.port is None:  # started without privilegedStartService (tests)
             self.privilegedStartService()
+        start: dict[str, Any] = {}
+        node = self.writer.format_record.node
+        if node is not None:
+            start["node"] = node
         self.writer(
             {
+                **start,
                 "event": "start",
                 "time": self.reactor.seconds(),
                 "listen": self.address,

@@ -15,6 +15,7 @@ never installs one.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any, cast
 
@@ -39,6 +40,9 @@ from chatlog.server.workers import LISTEN_FD, ParentWatch, WorkerPool, worker_lo
 _positive_int = number(int, 1, "a whole number of at least 1")
 _count = number(int, 0, "a whole number, 0 for no limit")
 _seconds = number(float, 0.0, "a number of seconds, 0 for never")
+#: What --node accepts: a name that fits a json string, a text record's word
+#: and an rsyslog tag (chatlog-NAME) as it is.
+NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def endpoint_description(text: str, option: str = "--port") -> str:
@@ -79,6 +83,13 @@ class ChatlogOptions(usage.Options):
             30.0,
             "Close a connection that has not finished a started line within this many seconds.",
             _seconds,
+        ],
+        [
+            "node",
+            None,
+            None,
+            "This server's name in a fleet (letters, digits, '.', '_', '-'): every json "
+            'record carries it as "node", and Server Started names it.',
         ],
         ["max-connections", None, 10000, "Most connections at once.", _count],
         ["max-per-ip", None, 1000, "Most connections at once from one address.", _count],
@@ -127,6 +138,10 @@ class ChatlogOptions(usage.Options):
         if self["format"] not in FORMATS:
             raise usage.UsageError(
                 f"--format {self['format']!r}: choose one of {', '.join(FORMATS)}"
+            )
+        if self["node"] is not None and not NODE_NAME.fullmatch(self["node"]):
+            raise usage.UsageError(
+                f"--node {self['node']!r}: 1 to 64 letters, digits, '.', '_' or '-'"
             )
         for flag, *_ in self.optFlags:
             self[str(flag)] = bool(self[str(flag)])
@@ -214,7 +229,7 @@ def makeService(options: ChatlogOptions, reactor: Any = None) -> service.MultiSe
         endpoint = serverFromString(reactor, listening)
     writer = LogWriter(
         worker_logfile(options["logfile"], worker, workers),
-        make_formatter(options["format"], utc=options["utc"]),
+        make_formatter(options["format"], utc=options["utc"], node=options["node"]),
         reactor,
         fsync=options["fsync"],
     )

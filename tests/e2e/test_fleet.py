@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from chatlog.log import LogReader, Parsed
+from chatlog.report.cli import main as report_main
 from tests.support.clients import REPLY, LineClient
 from tests.support.fleet import (
     CheckTiming,
@@ -196,6 +197,33 @@ def check_collector(fleet: Fleet) -> dict[str, Any]:
     }
 
 
+def check_fleet_report(fleet: Fleet, tmp_path: Path, killed: Node) -> None:
+    """The report of the collector's files: each node's messages as its own logs hold them
+    (health checks apart), the killed node named silent, the others stopped.
+
+    HAProxy checks every node twice a second, so a node that is up never
+    pauses for a second; the killed one stopped at least run 2's 2 s before
+    the others' Server Stopped.
+    """
+    central = [str(fleet.central_file(node)) for node in fleet.nodes]
+    out = tmp_path / "report"
+    options = ["--health-check", CHECK.decode(), "--silent-after", "1", "-o", str(out)]
+    assert report_main([*central, *options]) == 0  # its table: pytest -s shows it
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {row["node"]: row for row in summary["nodes"]}
+    assert sorted(rows) == NAMES
+    for node in fleet.nodes:
+        events = node_events(node)
+        assert all(event["node"] == node.name for event in events), node.name
+        messages = [e for e in events if e["event"] == "message"]
+        checks = sum(e["msg"] == CHECK for e in messages)
+        row = rows[node.name]
+        assert checks > 0 and row["health_checks"] >= checks, (node.name, row)
+        assert row["messages"] >= len(messages) - checks, (node.name, row)  # RELP may repeat
+        ended = row["silent_s"] is not None, row["stops"]
+        assert ended == ((True, 0) if node is killed else (False, 1)), (node.name, row)
+
+
 def stop_shipping(fleet: Fleet) -> None:
     """Stop the shippers, then the collector: each exits cleanly."""
     for node in fleet.nodes:
@@ -289,6 +317,7 @@ def test_node_killed_under_load(fleet: Fleet, tmp_path: Path) -> None:
     figures |= check_collector(fleet)
     assert sum(figures["lost"].values()) == 0
     stop_shipping(fleet)
+    check_fleet_report(fleet, tmp_path, killed=node2)
     report(tmp_path, "killed-node", figures)
 
 

@@ -336,12 +336,12 @@ def start_fleet(root: Path, names: list[str], started: Callable[[Fleet], None]) 
         work.mkdir()
         server = start_server(
             work,
-            "--format", "json",
+            "--format", "json", "--node", name,
             port="haproxy:tcp:0:interface=127.0.0.1",
             twistd_options=("-n", "--pidfile", str(work / "twistd.pid")),
         )  # fmt: skip
         start = next(iter(LogReader(server.log_path)))
-        assert start["event"] == "start", start
+        assert (start["event"], start["node"]) == ("start", name), start
         assert int((work / "twistd.pid").read_text()) == start["pid"]
         return Node(name, work, server, int(start["pid"]))
 

@@ -122,3 +122,33 @@ def test_any_message_round_trips(fmt: str, msg: bytes, rtt: float, ip: str, when
     [parsed] = round_trip([reply], fmt, client=True)
     assert parsed["msg"] == msg
     assert parsed["rtt_ms"] == pytest.approx(rtt, abs=0.0005)
+
+
+@pytest.mark.parametrize("fmt", ["event", "dash"])
+def test_text_formats_name_the_node_in_server_started_only(fmt: str) -> None:
+    """--node in a text format: Server Started ends with ", node NAME" and reads back with it;
+    the other records stay as the seed wrote them."""
+    formatter = make_formatter(fmt, utc=True, node="n1")
+    start = {
+        "event": "start",
+        "time": 1763796945.123456,
+        "listen": "127.0.0.1:5000",
+        "endpoint": "tcp:5000",
+        "pid": 42,
+        "version": "0.1.0",
+        "node": "n1",
+    }
+    record = formatter(start)
+    assert record.endswith(b"pid 42, chatlog 0.1.0, node n1\n")
+    assert RecordParser(fmt, utc=True).parse(record[:-1])["node"] == "n1"
+    plain = make_formatter(fmt, utc=True)
+    message = {
+        "event": "message",
+        "time": 1763796945.5,
+        "ip": "127.0.0.1",
+        "port": 5,
+        "conn": 1,
+        "seq": 1,
+        "msg": b"hi",
+    }
+    assert formatter(message) == plain(message)

@@ -45,3 +45,37 @@ def test_json_that_is_no_record_is_refused(line: bytes) -> None:
     """Valid JSON that is not one object of a known event is not a record."""
     with pytest.raises(ValueError):
         RecordParser("json").parse(line)
+
+
+def test_every_json_record_of_a_node_carries_its_name() -> None:
+    """With --node, every record says "node" right after its event: one line, several lines
+    (plain and escaped), and the other events; the parser gives it back."""
+    formatter = make_formatter("json", utc=True, node="n1")
+    first = message(b"plain")
+    records = [
+        formatter(first),
+        formatter.messages(first, [b"a"]),
+        formatter.messages(first, [b"one", b"two"]),
+        formatter.messages(first, [b"tab\there", b"\xff"]),
+        formatter(
+            {
+                "event": "start",
+                "time": first["time"],
+                "listen": "127.0.0.1:5000",
+                "endpoint": "tcp:5000",
+                "pid": 1,
+                "version": "0",
+                "node": "n1",
+            }
+        ),
+        formatter({"event": "connect", **{k: first[k] for k in ("time", "ip", "port", "conn")}}),
+    ]
+    lines = b"".join(records).splitlines()
+    assert len(lines) == 8
+    parser = RecordParser("json")
+    for line in lines:
+        assert line.startswith(b'{"ts": "2026-11-22T07:35:45.123456+00:00", "event": "'), line
+        assert line.count(b'"node"') == 1, line
+        assert json.loads(line)["node"] == "n1"
+        assert parser.parse(line)["node"] == "n1"
+    assert b'"node"' not in make_formatter("json")(first)

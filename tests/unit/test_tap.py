@@ -37,6 +37,7 @@ DEFAULTS = {
     "workers": 1,
     "worker": 0,
     "no-fastpath": False,
+    "node": None,
 }
 
 
@@ -78,6 +79,8 @@ def test_every_option(tmp_path: Path) -> None:
         "--workers",
         "1",
         "--no-fastpath",
+        "--node",
+        "eu-1.node_2",
     ) == {
         "port": "tcp:5001",
         "logfile": log,
@@ -93,6 +96,7 @@ def test_every_option(tmp_path: Path) -> None:
         "workers": 1,
         "worker": 0,
         "no-fastpath": True,
+        "node": "eu-1.node_2",
     }
 
 
@@ -123,6 +127,10 @@ def test_endpoint_strings_are_kept(port: str) -> None:
         (["--workers", "2", "--metrics", "9100"], "not supported yet"),
         (["--workers", "2", "--port", "unix:/tmp/chat.sock"], "--workers needs a tcp:"),
         (["--worker", "2", "--workers", "2"], "set by --workers"),
+        (["--node", "a b"], "letters, digits"),
+        (["--node", ""], "letters, digits"),
+        (["--node", "x" * 65], "1 to 64"),
+        (["--node", 'n"1'], "letters, digits"),
     ],
 )
 def test_bad_values_are_usage_errors(argv: list[str], message: str) -> None:
@@ -157,6 +165,8 @@ def test_as_argv_round_trips(tmp_path: Path) -> None:
         "99",
         "--workers",
         "3",
+        "--node",
+        "n1",
     ]
     options = ChatlogOptions()
     options.parseOptions(argv)
