@@ -4,7 +4,9 @@ Each server is started afresh for each load point, pinned to one CPU, and
 driven by the native load generator pinned to another; each point is run
 ``--repeats`` times and the medians are reported.  See ``--help``.
 
-Besides that sweep, two opt-in comparisons: ``--client`` (chatlog's own
+With ``--sizes`` and/or ``--formats`` the sweep runs at each line size, with
+chatlog in each log format (:mod:`chatlog.bench.sizes`).  Besides that, two
+opt-in comparisons: ``--client`` (chatlog's own
 client against the native generator, :mod:`chatlog.bench.drivers`) and
 ``--workers-scaling`` (chatlog with ``--workers 2`` against one process).
 """
@@ -12,15 +14,17 @@ client against the native generator, :mod:`chatlog.bench.drivers`) and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shlex
 import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from chatlog.bench import build, drivers, output, servers, targets
+from chatlog.bench import build, drivers, output, servers, sizes, targets
 from chatlog.bench.run import Load, Settings, measure
 
 #: What each mode runs unless told otherwise: servers, closed-loop
@@ -34,6 +38,7 @@ DEFAULTS: dict[str, tuple[str, list[int], str, list[int]]] = {
     ),
     "client": ("chatlog", [100], "", []),
     "workers": ("chatlog,chatlog-w2", [100], "10x16", []),
+    "sizes": (sizes.default_servers(sizes.DEFAULT_FORMATS), [100], "10x16", []),
 }
 
 
@@ -137,6 +142,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--size", type=int, default=16, help="bytes per line, newline included (16)"
     )
+    parser.add_argument(
+        "--sizes",
+        type=sizes.parse_sizes,
+        help="run every load at each of these line sizes (bytes, newline included; 1k = 1024), "
+        "show MiB/s beside msgs/s and plot MiB/s against size; with no --formats: "
+        f"{','.join(sizes.DEFAULT_FORMATS)}; default servers: chatlog in each format, "
+        f"{', '.join(sizes.PEERS)}; default loads: closed x100 and 16 in flight x10",
+    )
+    parser.add_argument(
+        "--formats",
+        type=sizes.parse_formats,
+        help=f"chatlog's log formats to run, from {', '.join(sizes.FORMATS)} (as servers "
+        f"{', '.join(sizes.FORMATS.values())}); with no --sizes: "
+        f"{','.join(map(str, sizes.DEFAULT_SIZES))}",
+    )
     parser.add_argument("--server-cpu", type=_ints, default=[0], help="CPUs for the server (0)")
     parser.add_argument(
         "--loadgen-cpu", type=_ints, default=[1], help="CPUs for the load generator (1)"
@@ -161,7 +181,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.duration, args.warmup, args.repeats = 1.0, 0.3, 1
     args.mode = "client" if args.client else "workers" if args.workers_scaling else "sweep"
+    if args.sizes is not None or args.formats is not None:
+        if args.mode != "sweep":
+            parser.error(
+                "--sizes and --formats are for the sweep, not --client or --workers-scaling"
+            )
+        args.mode = "sizes"
+        args.sizes = args.sizes or sizes.DEFAULT_SIZES
+        args.formats = args.formats or sizes.DEFAULT_FORMATS
     wanted, connections, pipelined, rates = DEFAULTS[args.mode]
+    if args.mode == "sizes":
+        wanted = sizes.default_servers(args.formats or sizes.DEFAULT_FORMATS)
     args.servers = wanted if args.servers is None else args.servers
     args.connections = connections if args.connections is None else args.connections
     args.pipelined = pipelined if args.pipelined is None else args.pipelined
@@ -177,10 +207,10 @@ def plan(args: argparse.Namespace) -> list[tuple[servers.ServerSpec, Load]]:
     wanted = [name.strip() for name in args.servers.split(",") if name.strip()]
     specs = {spec.name: spec for spec in servers.named_servers()}
     for checkout in args.compare:
-        for fsync in (False, True):
-            extra = servers.compare_spec(checkout, fsync)
+        for variant in servers.VARIANTS:
+            extra = servers.compare_spec(checkout, variant)
             specs[extra.name] = extra
-            if ("chatlog-fsync" if fsync else "chatlog") in wanted:
+            if variant in wanted:
                 wanted.append(extra.name)
     unknown = [name for name in wanted if name not in specs]
     if unknown:
@@ -252,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     info = output.machine()
     date = output.today()
     load_before = output.loadavg()
+    line_sizes = args.sizes if args.mode == "sizes" else [args.size]
     describe_run = (
-        f"load: {args.size}-byte lines over loopback; {pin_text}; each point "
+        f"load: {', '.join(map(str, line_sizes))}-byte lines over loopback; {pin_text}; each point "
         f"{settings.repeats} x {settings.duration:g} s after {settings.warmup:g} s warm-up, "
         "medians shown; fresh server per point; runs in which other processes took "
         + ("> 10% of a pinned core" if server_cpus else "> 10% of one CPU, machine-wide")
@@ -276,13 +307,21 @@ def main(argv: list[str] | None = None) -> int:
     for spec, load in points:
         by_load.setdefault(load, []).append(spec)
     with tempfile.TemporaryDirectory(prefix="chatlog-bench-") as scratch:
-        for load, specs in by_load.items():
-            if args.mode == "client":
-                rows += drivers.measure_drivers(
-                    specs[0], load, binaries, Path(scratch), settings, say
-                )
-            else:
-                rows += measure(specs, load, binaries, Path(scratch), settings, say)
+        for size in line_sizes:
+            here = dataclasses.replace(settings, size=size)
+            if len(line_sizes) > 1:
+                say(f"{sizes.size_label(size)} lines:")
+            for load, specs in by_load.items():
+                if args.mode == "client":
+                    got = drivers.measure_drivers(
+                        specs[0], load, binaries, Path(scratch), here, say
+                    )
+                else:
+                    got = measure(specs, load, binaries, Path(scratch), here, say)
+                for row in got:
+                    row["size"] = size
+                    row["mib_per_s"] = sizes.mib_per_s(row)
+                rows += got
     order = {name: i for i, (name, _) in enumerate(dict.fromkeys((s.name, 0) for s, _ in points))}
     rows.sort(key=lambda row: order.get(row["server"], len(order)))
     for row in rows:
@@ -292,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         row["cpu"] = info["cpu"]
 
     good = [row for row in rows if row["msgs_per_s"] is not None]
+    command = sys.argv[1:] if argv is None else argv
+    print("command: " + shlex.join(["python", "-m", "chatlog.bench", *command]))
     print(output.header(info, date, describe_run))
     print(f"machine load average (1, 5, 15 min): {load_before} before, {output.loadavg()} after")
     print()
@@ -310,12 +351,20 @@ def main(argv: list[str] | None = None) -> int:
                     load_rows, drivers.CLIENT, drivers.NATIVE, "driver", load.describe()
                 )
             )
+    elif args.mode == "sizes":
+        print(sizes.text_table(good))
+        print(
+            "MiB/s: the messages' bytes (newline included) answered, and by chatlog logged, per s"
+        )
+        for note in output.notes(good, sizes.point_name):
+            print(note)
     else:
         print(output.text_table(good))
         for note in output.notes(good):
             print(note)
     for row in failed:
-        print(f"FAILED: {row.get('driver', row['server'])} {output.load_name(row)}: {row['error']}")
+        where = sizes.point_name(row) if args.mode == "sizes" else output.load_name(row)
+        print(f"FAILED: {row.get('driver', row['server'])} {where}: {row['error']}")
     if args.mode == "workers":
         print()
         for load in by_load:
@@ -325,17 +374,29 @@ def main(argv: list[str] | None = None) -> int:
                 if (r["mode"], r["connections"], r["pipeline"], r["rate"]) == load.key()
             ]
             print(drivers.ratio_line(load_rows, "chatlog-w2", "chatlog", "server", load.describe()))
-    verdicts = targets.judge(good)
-    short = targets.short(verdicts)
+    # The targets are of 16-byte lines: a size run judges them on its 16-byte rows.
+    verdicts = targets.judge([row for row in good if row.get("size", 16) == 16])
+    short: list[object] = list(targets.short(verdicts))
     if args.mode != "client" and any(v.value is not None for v in verdicts):
-        print("\ntargets:")
+        print("\ntargets" + (" (16-byte lines):" if args.mode == "sizes" else ":"))
         print(targets.verdicts_text(verdicts))
+    size_verdicts: list[sizes.SizeVerdict] = []
+    if args.mode == "sizes":
+        size_verdicts = sizes.judge(good, sizes.size_targets(line_sizes, args.formats))
+        print("\ntargets of issue 15 (line sizes and formats):")
+        print(sizes.verdicts_text(size_verdicts))
+        short += [v for v in size_verdicts if v.met is False]
     if args.check:
         line = targets.check_line(verdicts)
+        if size_verdicts:
+            line += "; line sizes and formats: " + sizes.check_line(size_verdicts)
         print(f"\ncheck: {line}")
         if short:
             print(f"chatlog.bench: {line}", file=sys.stderr)
-    if args.rst and args.mode != "client":
+    if args.rst and args.mode == "sizes":
+        print("\n.. rst table for README.rst\n")
+        print(sizes.rst_table(good))
+    elif args.rst and args.mode != "client":
         print("\n.. rst table for README.rst\n")
         print(
             f"{args.size}-byte lines over loopback, {date}, on {output.machine_line(info)}; "
@@ -346,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"\nresults: {args.json}", end="")
     if str(args.plot) not in ("", ".") and args.mode != "client":
-        output.plot(good, args.plot, f"chatlog bench, {date}, {output.machine_line(info)}")
+        draw = sizes.plot if args.mode == "sizes" else output.plot
+        draw(good, args.plot, f"chatlog bench, {date}, {output.machine_line(info)}")
         print(f", plot: {args.plot}", end="")
     print()
     return 1 if failed or (args.check and short) else 0

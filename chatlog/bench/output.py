@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,18 +140,17 @@ def header(info: dict[str, Any], date: str, describe_run: str) -> str:
     return f"chatlog bench, {date}\nmachine: {machine_line(info)}\n{describe_run}"
 
 
-def notes(rows: Sequence[Row]) -> list[str]:
+def notes(rows: Sequence[Row], point: Callable[[Row], str] = load_name) -> list[str]:
+    """The flags' meanings and each row's trouble; ``point`` names a row's load point."""
     out = []
-    saturated = [f"{r['server']} {load_name(r)}" for r in rows if r.get("loadgen_saturated")]
+    saturated = [f"{r['server']} {point(r)}" for r in rows if r.get("loadgen_saturated")]
     if saturated:
         out.append(
             "(!) the load generator used >= 90% of its core: these rows measure it as much "
             "as the server: " + "; ".join(saturated)
         )
     contended = [
-        f"{r['server']} {load_name(r)} ({r['other_cpu_pct']:.0f}%)"
-        for r in rows
-        if r.get("contended")
+        f"{r['server']} {point(r)} ({r['other_cpu_pct']:.0f}%)" for r in rows if r.get("contended")
     ]
     if contended:
         out.append(
@@ -170,7 +169,7 @@ def notes(rows: Sequence[Row]) -> list[str]:
         if row.get("dropped"):
             problems.append(f"{row['dropped']} open-loop sends dropped (too many in flight)")
         if problems:
-            out.append(f"{row['server']} {load_name(row)}: " + ", ".join(problems))
+            out.append(f"{row['server']} {point(row)}: " + ", ".join(problems))
     return out
 
 

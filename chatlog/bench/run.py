@@ -250,6 +250,7 @@ def measure(
                     continue
                 result["round"] = _round
                 mine.append(result)
+                servers.trim_logs(scratch / f"{spec.name}-{label}")
                 progress(
                     f"  {spec.name:14} {load.describe():22} #{len(mine)}: "
                     f"{result['msgs_per_s']:>10,.0f} msgs/s  p99 {result['p99_ms']:.3f} ms  "

@@ -7,6 +7,7 @@ line and returns a :class:`Running` server that :meth:`Running.stop` ends.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -89,6 +90,24 @@ CHATLOG_W2 = ServerSpec(
     False,
     ready=(rb"\[worker 1\] .*listening on",),
 )
+#: chatlog in the other log formats: opt-in (``--formats``, ``--servers chatlog-json``).
+CHATLOG_FORMATS = {
+    "event": CHATLOG,
+    "dash": ServerSpec(
+        "chatlog-dash", _chatlog("--format", "dash"), "twistd chatlog --format dash", False
+    ),
+    "json": ServerSpec(
+        "chatlog-json", _chatlog("--format", "json"), "twistd chatlog --format json", False
+    ),
+}
+#: What each chatlog server adds to chatlog's command line: a ``--compare``
+#: checkout runs the same variant as ``VARIANT@CHECKOUT``.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "chatlog": (),
+    "chatlog-fsync": ("--fsync",),
+    "chatlog-dash": ("--format", "dash"),
+    "chatlog-json": ("--format", "json"),
+}
 PEERS = [
     ServerSpec("twisted", _module("twisted_reply"), "bare Twisted LineReceiver reply, no log"),
     ServerSpec("asyncio", _module("asyncio_reply"), "asyncio streams reply, no log"),
@@ -116,15 +135,35 @@ def all_servers() -> list[ServerSpec]:
 
 def named_servers() -> list[ServerSpec]:
     """Every server ``--servers`` can name: the default ones and the opt-in ones."""
-    return [*all_servers(), CHATLOG_W2]
+    return [*all_servers(), CHATLOG_W2, CHATLOG_FORMATS["dash"], CHATLOG_FORMATS["json"]]
 
 
-def compare_spec(checkout: Path, fsync: bool = False) -> ServerSpec:
-    """chatlog from another checkout (a change to try side by side): ``chatlog@NAME``."""
+def compare_spec(checkout: Path, variant: str = "chatlog") -> ServerSpec:
+    """chatlog from another checkout (a change to try side by side): ``VARIANT@NAME``.
+
+    ``variant`` is a key of :data:`VARIANTS` (``chatlog``, ``chatlog-fsync``,
+    ``chatlog-dash``, ``chatlog-json``): the same options as this checkout's server of that name.
+    """
     checkout = checkout.resolve()
-    name = f"chatlog{'-fsync' if fsync else ''}@{checkout.name}"
-    extra = ("--fsync",) if fsync else ()
-    return ServerSpec(name, _chatlog(*extra), f"twistd chatlog from {checkout}", False, checkout)
+    name = f"{variant}@{checkout.name}"
+    return ServerSpec(
+        name,
+        _chatlog(*VARIANTS[variant]),
+        f"twistd chatlog {' '.join(VARIANTS[variant])} from {checkout}".replace("  ", " "),
+        False,
+        checkout,
+    )
+
+
+def trim_logs(scratch: Path) -> None:
+    """Empty the logs a server wrote in ``scratch`` (between runs: 16 KiB lines make gigabytes).
+
+    chatlog appends (``O_APPEND``), so its next record lands at the new end.
+    """
+    for path in scratch.glob("*.log"):
+        # Space only: the run's figures do not depend on it.
+        with contextlib.suppress(OSError):
+            os.truncate(path, 0)
 
 
 def server_env(root: Path | None = None) -> dict[str, str]:
