@@ -29,6 +29,7 @@ from chatlog.log.formats import FORMATS, RecordParser, make_formatter
 from chatlog.log.reader import (
     LogReader,
     detect,
+    format_at_end,
     open_log,
     parse_lines,
     records_of,
@@ -56,6 +57,7 @@ __all__ = [
     "WriteWaiter",
     "detect",
     "escape_text",
+    "format_at_end",
     "is_torn",
     "make_formatter",
     "open_log",

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -91,6 +93,38 @@ def detect(lines: list[bytes], utc: bool = False) -> tuple[str | None, bool]:
         if event["event"] == "message":
             return best, False
     return best, False
+
+
+def format_at_end(path: str | Path, tail: int = 65536) -> str | None:
+    """The format of the last complete record of the file at ``path`` (of the last 20
+    lines, the last that is a record).
+
+    None when there is no such regular file (a FIFO or a device is not
+    read: that could block, or take what is not ours), it is empty, or none of
+    those records parses: what a server about to append to ``path`` must agree with.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        size = os.lseek(fd, 0, os.SEEK_END)
+        start = max(size - tail, 0)
+        data = os.pread(fd, tail, start)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    lines = data.split(b"\n")[:-1]  # the last piece: empty, or a torn line
+    if start > 0:
+        lines = lines[1:]  # read from the middle of a line
+    for line in reversed(lines[-20:]):
+        found = detect([line])[0]
+        if found is not None:
+            return found
+    return None
 
 
 _PARSE_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError)

@@ -28,7 +28,7 @@ import os
 import resource
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
@@ -243,3 +243,34 @@ def inherited_endpoint(reactor: Any, fd: int) -> IStreamServerEndpoint:
         family = probe.family
     endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(reactor, fd, family)
     return endpoint
+
+
+def check_port_free(description: str) -> None:
+    """Fail startup with one clear line if the TCP port of ``description`` is taken.
+
+    For ``twistd`` without ``-n``: it listens only after daemonizing, and a
+    failure there reaches the terminal as twistd's ``An error has occurred:
+    b'...'`` cut at 100 bytes.  This binds and closes a probe socket before
+    (the real listen may still fail if the port is taken in between; it then
+    says so in twistd's log).  Endpoints other than TCP are left to the listen.
+    """
+    outcome: list[Any] = []
+    endpoint = serverFromString(_PortProbe(), listening_description(description))
+    endpoint.listen(cast(Any, None)).addBoth(outcome.append)
+    if outcome and isinstance(outcome[0], Failure):
+        fail(f"cannot listen on {description}: {outcome[0].value}")
+
+
+class _PortProbe:
+    """Stands in for the reactor of a TCP endpoint: ``listenTCP`` binds a socket and closes it."""
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> None:
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # As Twisted's own tcp.Port does: a port in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((interface, port))
+
+    def __getattr__(self, name: str) -> Any:
+        # listenSSL, listenUNIX...: not probed.
+        return lambda *args, **kwargs: None

@@ -36,10 +36,10 @@ from twisted.logger import Logger
 
 import chatlog
 from chatlog import _fastpath
-from chatlog.log import LogWriter
+from chatlog.log import LogWriter, format_at_end
 from chatlog.server.errors import fail
 from chatlog.server.factory import ChatFactory
-from chatlog.server.listening import listen_now
+from chatlog.server.listening import check_port_free, listen_now
 from chatlog.server.protocol import peer_address
 from chatlog.wire import format_address
 
@@ -94,8 +94,27 @@ class ChatlogService(service.Service):
         self.on_sighup: list[Callable[[], object]] = []
         self._previous_sighup: Any = None
 
+    def preflight(self) -> None:
+        """Refuse now what starting would refuse later: for twistd without ``-n``,
+        which starts services only after it has daemonized (see
+        :func:`~chatlog.server.listening.check_port_free`)."""
+        self._check_log_format()
+        check_port_free(self.endpoint_description)
+
+    def _check_log_format(self) -> None:
+        path, fmt = self.writer.path, self.writer.format_record.name
+        existing = format_at_end(path) if path != "-" else None
+        if existing is not None and existing != fmt:
+            # Appended, the new records would read as garbage to the report
+            # (and to every tool that follows the file) for as long as it lives.
+            fail(
+                f"--format {fmt}: {path} holds {existing} records, and a log keeps one "
+                f"format; give another --logfile, or move {path} away"
+            )
+
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
+        self._check_log_format()
         try:
             self.writer.open()
         except OSError as error:

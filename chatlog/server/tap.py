@@ -249,6 +249,10 @@ def makeService(options: ChatlogOptions, reactor: Any = None) -> service.MultiSe
         endpoint, description, factory, writer, reactor, fastpath=not options["no-fastpath"]
     )
     chatlog.setServiceParent(top)
+    twistd: Any = getattr(options, "parent", None)
+    if twistd is not None and "nodaemon" in twistd and not twistd["nodaemon"] and not worker:
+        # twistd daemonizes before it starts services: say now what would fail then.
+        chatlog.preflight()
     if workers > 1 and not worker:
         pool = WorkerPool(shared, options.as_argv(), workers, reactor)
         chatlog.on_sighup.append(pool.relaySighup)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from chatlog.log import (
     TORN_MARK,
     LogReader,
     detect,
+    format_at_end,
     is_torn,
     make_formatter,
     parse_lines,
@@ -109,3 +111,21 @@ def test_unreadable_file_is_all_unparsed(tmp_path: Path) -> None:
     reader = LogReader(path)
     assert list(reader) == []
     assert reader.format is None and reader.unparsed == 2
+
+
+def test_format_at_end_reads_the_last_complete_records(tmp_path: Path) -> None:
+    """The format of a file's last records: past a torn line, from the middle of a big
+    file, and None for what is empty, missing or not a regular file (never blocking)."""
+    json_record = make_formatter("json")(SERVER_EVENTS[0])
+    event_record = make_formatter("event")(SERVER_EVENTS[0])
+    log = tmp_path / "x.log"
+    log.write_bytes(event_record * 5 + json_record * 5000 + b'{"ts": "torn')
+    assert format_at_end(log) == "json"
+    log.write_bytes(json_record * 5000 + event_record * 3)
+    assert format_at_end(log) == "event"
+    log.write_bytes(b"")
+    assert format_at_end(log) is None
+    assert format_at_end(tmp_path / "missing.log") is None
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert format_at_end(fifo) is None

@@ -234,6 +234,55 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
+def test_daemon_says_port_in_use_in_one_line_before_daemonizing(tmp_path: Path) -> None:
+    """twistd without -n listens after it has daemonized; the taken port is still one line of
+    chatlog's on the terminal (not twistd's ``An error has occurred: b'...'``), exit 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        where = f"haproxy:tcp:{port}:interface=127.0.0.1"
+        result = run_twistd(
+            tmp_path, "--pidfile", "d.pid", "--logfile", "d.log", "chatlog", "--port", where
+        )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert (
+        result.stderr == f"chatlog: cannot listen on {where}: [Errno 98] Address already in use\n"
+    )
+    assert not (tmp_path / "d.pid").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("daemon", [False, True], ids=["foreground", "daemon"])
+def test_a_log_of_another_format_is_refused_untouched(tmp_path: Path, daemon: bool) -> None:
+    """--format json on a log that holds event records: one line, exit 1, the log as it was."""
+    log = tmp_path / "x.log"
+    log.write_bytes(
+        b"Server Started: 2026-11-23 15:39:49.201579 - listening on 0.0.0.0:5077 "
+        b"(tcp:5077), pid 1, chatlog 0.1.0\n" + b"torn, never acknowledged"
+    )
+    before = log.read_bytes()
+    mode = ["--pidfile", "d.pid", "--logfile", "d.log"] if daemon else ["-n", "--pidfile="]
+    result = run_twistd(
+        tmp_path,
+        *mode,
+        "chatlog",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--logfile",
+        "x.log",
+        "--format",
+        "json",
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "chatlog: --format json: x.log holds event records, and a log keeps one format; "
+        "give another --logfile, or move x.log away\n"
+    )
+    assert log.read_bytes() == before
+
+
+@pytest.mark.e2e
 def test_bad_option_is_a_usage_error(tmp_path: Path) -> None:
     """A bad chatlog option: one line on stderr naming it, exit status 2, nothing else."""
     result = run_twistd(tmp_path, "-n", "chatlog", "--format", "xml")
