@@ -34,6 +34,7 @@ from chatlog.server.listening import (
     listening_description,
 )
 from chatlog.server.proxy import PROXY_PREFIX
+from chatlog.server.quota import Quotas, parse_limit, parse_network
 from chatlog.server.service import ChatlogService, MetricsService
 from chatlog.server.workers import LISTEN_FD, ParentWatch, WorkerPool, worker_logfile
 
@@ -94,6 +95,22 @@ class ChatlogOptions(usage.Options):
         ["max-connections", None, 10000, "Most connections at once.", _count],
         ["max-per-ip", None, 1000, "Most connections at once from one address.", _count],
         [
+            "rate-limit",
+            None,
+            None,
+            "Most messages per second per client address (token bucket, burst BURST, default "
+            "N; 0: none). Over it, the address's connections are not read until it is back "
+            "under: nothing is dropped",
+            parse_limit,
+        ],
+        [
+            "byte-limit",
+            None,
+            None,
+            "Most bytes per second per client address, like --rate-limit",
+            parse_limit,
+        ],
+        [
             "metrics",
             None,
             None,
@@ -130,6 +147,17 @@ class ChatlogOptions(usage.Options):
             "logfile": usage.CompleteFiles(),
         }
     )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["rate-exempt"] = []
+
+    def opt_rate_exempt(self, network: str) -> None:
+        """An address or network (CIDR) that --rate-limit and --byte-limit spare (repeatable)."""
+        try:
+            self["rate-exempt"].append(parse_network(network))
+        except ValueError as error:
+            raise usage.UsageError(f"--rate-exempt {network!r}: {error}") from None
 
     def postOptions(self) -> None:
         self["port"] = endpoint_description(self["port"])
@@ -190,6 +218,8 @@ class ChatlogOptions(usage.Options):
             if name != "worker" and self[name] is not None and self[name] != default:
                 argv += [f"--{name}", str(self[name])]
         argv += [f"--{flag[0]}" for flag in self.optFlags if self[str(flag[0])]]
+        for network in self["rate-exempt"]:
+            argv += ["--rate-exempt", str(network)]
         return argv
 
 
@@ -233,6 +263,15 @@ def makeService(options: ChatlogOptions, reactor: Any = None) -> service.MultiSe
         reactor,
         fsync=options["fsync"],
     )
+    quotas = None
+    if options["rate-limit"] is not None or options["byte-limit"] is not None:
+        quotas = Quotas(
+            writer,
+            reactor,
+            options["rate-limit"],
+            options["byte-limit"],
+            options["rate-exempt"],
+        )
     factory = ChatFactory(
         writer,
         reactor,
@@ -244,6 +283,7 @@ def makeService(options: ChatlogOptions, reactor: Any = None) -> service.MultiSe
         first_conn=worker + 1,
         conn_step=workers,
         peer_from_proxy_header=description.startswith(PROXY_PREFIX),
+        quotas=quotas,
     )
     chatlog = ChatlogService(
         endpoint, description, factory, writer, reactor, fastpath=not options["no-fastpath"]
