@@ -128,6 +128,22 @@ _TABLE = (
         ends_connection=True,
     ),
     EventType(
+        "throttled",
+        "Throttled",
+        # An address's, not one connection's: all its connections share its quota.
+        Scope.SERVER,
+        Variants(
+            "state",
+            {
+                "paused": "{address:word} over its {reason:name} limit "
+                "({limit:int}/s, burst {burst:int}), reading paused",
+                "released": "{address:word} released from its {reason:name} limit after "
+                "{seconds:decimal} s ({paused:decimal} s not read), "
+                "{held:int} message(s) held back",
+            },
+        ),
+    ),
+    EventType(
         "log_error",
         "Log Error",
         Scope.SERVER,

@@ -10,6 +10,7 @@ is read in bounded memory.
 from __future__ import annotations
 
 from collections import Counter, deque
+from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
@@ -83,6 +84,15 @@ class ServerStats(_Fold):
         self.rejected: Counter[str] = Counter()
         self.log_errors = {"events": 0, "refused": 0, "lost": 0, "left": 0, "seconds": 0.0}
         self.log_reopens = {"failed": 0, "late_seconds": 0.0}
+        # Per-client quotas: throttle episodes by reason (counted when they
+        # begin), and what the records of their ends say.
+        self.throttles: dict[str, Any] = {
+            "events": Counter(),
+            "seconds": 0.0,
+            "paused_seconds": 0.0,
+            "held": 0,
+            "addresses": Counter(),
+        }
         self.starts = 0
         self.stops = 0
         # What the Server Stopped records say.  Before refused messages were
@@ -146,6 +156,16 @@ class ServerStats(_Fold):
             self.log_reopens["failed"] += 1
         else:
             self.log_reopens["late_seconds"] += float(event.get("seconds", 0.0))
+
+    def _on_throttled(self, event: Parsed, when: float) -> None:
+        throttles = self.throttles
+        if event.get("state") == "paused":
+            throttles["events"][event.get("reason", "unknown")] += 1
+            throttles["addresses"][event.get("address", "")] += 1
+        else:
+            throttles["seconds"] += float(event.get("seconds", 0.0))
+            throttles["paused_seconds"] += float(event.get("paused", 0.0))
+            throttles["held"] += int(event.get("held", 0))
 
     def _on_start(self, event: Parsed, when: float) -> None:
         self.starts += 1

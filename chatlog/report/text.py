@@ -73,6 +73,17 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
             ),
         ),
     ]
+    throttled = limits.get("throttled")
+    if throttled and throttled["events"]:
+        rows += [
+            ("limits", "throttled", _counts(dict(throttled["events"]))),
+            (
+                "limits",
+                "throttled s / not read s / held back",
+                f"{fmt(throttled['seconds'])} / {fmt(throttled['paused_seconds'])} / "
+                f"{throttled['held']:,}",
+            ),
+        ]
     if limits.get("log_reopen", {}).get("failed"):
         rows.append(("limits", "failed log reopens", fmt(limits["log_reopen"]["failed"])))
     if client["sent"] or client["replies"]:

@@ -19,6 +19,8 @@ per connection and owns everything that is not one connection's business:
   keeps the port from accepting while no file descriptor is free, and to
   hand memory back to the system when most of them have gone;
 - the counters that metrics and the ``Server Stopped`` record read;
+- per-client quotas (:mod:`chatlog.server.quota`): each admitted connection
+  joins its address's buckets, unless the address is exempt;
 - closing every connection when the server stops.
 
 Nothing here knows about twistd, options or files.
@@ -37,6 +39,7 @@ from twisted.internet.task import LoopingCall
 
 from chatlog.log import Event
 from chatlog.server.protocol import ChatProtocol
+from chatlog.server.quota import Quotas
 from chatlog.wire import ERROR_SERVER_BUSY, ERROR_TOO_MANY_FROM_ADDRESS
 
 if TYPE_CHECKING:
@@ -118,6 +121,7 @@ class ChatFactory(Factory):
         conn_step: int = 1,
         peer_from_proxy_header: bool = False,
         buffer_sizes: tuple[int, int] = (4096, 16384),
+        quotas: Quotas | None = None,
     ) -> None:
         """
         :param log: where events go (the :class:`chatlog.log.LogWriter`).
@@ -137,6 +141,8 @@ class ChatFactory(Factory):
             whose reads come full of few, long lines.  Twisted's 64 KiB let
             1,000 clients that never read hold 64 MiB; 4 KiB reads cost 35%
             more CPU per message than 16 KiB for 1,000-byte lines.
+        :param quotas: ``--rate-limit`` and ``--byte-limit`` per client
+            address (None: no quota).
         """
         self.log = log
         self.clock = clock
@@ -148,6 +154,7 @@ class ChatFactory(Factory):
         self.close_grace = close_grace
         self.peer_from_proxy_header = peer_from_proxy_header
         self.small_buffer, self.large_buffer = buffer_sizes
+        self.quotas = quotas
         #: Admitted connections by id: what --max-connections counts.
         self.live: dict[int, ChatProtocol] = {}
         #: Connections whose PROXY header has not arrived yet (not admitted yet).
@@ -210,6 +217,8 @@ class ChatFactory(Factory):
         self.per_ip[proto.ip] = from_ip + 1
         self.connections_total += 1
         self.size_buffers(proto, self.small_buffer)
+        if self.quotas is not None:
+            proto.quota = self.quotas.join(proto)
         return None
 
     def size_buffers(self, proto: ChatProtocol, size: int) -> None:
@@ -239,6 +248,8 @@ class ChatFactory(Factory):
                 self._release_call = self.clock.callLater(1.0, self._release_memory)
         admitted = self.live.pop(proto.conn, None) is not None
         if admitted:
+            if proto.quota is not None and self.quotas is not None:
+                self.quotas.leave(proto, proto.quota)
             left = self.per_ip[proto.ip] - 1
             if left:
                 self.per_ip[proto.ip] = left
@@ -268,6 +279,8 @@ class ChatFactory(Factory):
             self._sweeper.start(self._interval, now=False)
 
     def stopFactory(self) -> None:
+        if self.quotas is not None:
+            self.quotas.stop()
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self._sweeper = None

@@ -14,6 +14,13 @@ Which message counter is which:
   unavailable`` because their batch could not be written;
 - ``chatlog_messages_received_total``: every message read, the two above
   plus those whose batch is being written at the moment of the scrape.
+
+Per-client quotas (``--rate-limit``, ``--byte-limit``) are counted by reason
+(``rate``, ``bytes``): ``chatlog_throttle_events_total`` throttle episodes
+begun (the ``Throttled ... reading paused`` records),
+``chatlog_throttled_seconds_total`` seconds an address's connections were
+not read (summed over addresses, pauses still running included), and
+``chatlog_throttled_addresses`` the addresses in an episode now.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from chatlog.log import LogWriter
 from chatlog.server.factory import ChatFactory
+from chatlog.server.quota import REASONS
 
 #: Limit events, by the reason label they carry.
 LIMIT_REASONS = ("line_too_long", "timeout", "rejected_busy", "rejected_per_ip", "bad_header")
@@ -73,6 +81,7 @@ class ChatlogCollector(Collector):
         for reason in LIMIT_REASONS:
             limits.add_metric([reason], counts.get(reason, 0))
         yield limits
+        yield from self._quotas()
         yield CounterMetricFamily(
             "chatlog_log_write_errors",
             "Log batch writes that failed (their messages were answered ERROR).",
@@ -97,6 +106,30 @@ class ChatlogCollector(Collector):
             "chatlog_log_reopen_pending",
             "1 while a failed reopen is retried and records go to the file open before.",
             value=int(writer.reopen_pending),
+        )
+
+    def _quotas(self) -> Iterator[Any]:
+        quotas = self.factory.quotas
+        events = CounterMetricFamily(
+            "chatlog_throttle_events",
+            "Throttle episodes begun (an address over --rate-limit or --byte-limit), by reason.",
+            labels=["reason"],
+        )
+        seconds = CounterMetricFamily(
+            "chatlog_throttled_seconds",
+            "Seconds client addresses were not read for being over their quota, by reason.",
+            labels=["reason"],
+        )
+        now_seconds = quotas.seconds_now() if quotas is not None else {}
+        for reason in REASONS:
+            events.add_metric([reason], quotas.events[reason] if quotas is not None else 0)
+            seconds.add_metric([reason], now_seconds.get(reason, 0.0))
+        yield events
+        yield seconds
+        yield GaugeMetricFamily(
+            "chatlog_throttled_addresses",
+            "Client addresses in a throttle episode now.",
+            value=0 if quotas is None else sum(1 for _ in quotas.throttled()),
         )
 
 

@@ -52,6 +52,7 @@ from chatlog.wire import (
 
 if TYPE_CHECKING:
     from chatlog.server.factory import ChatFactory
+    from chatlog.server.quota import AddressQuota
 
 
 # The reply write, once per read, is the hottest line of the server.  Built
@@ -127,6 +128,10 @@ class ChatProtocol(TwistedProtocol):
         # it; the most it reads at once (ChatFactory.size_buffers).
         self.send_buffer_full, self.send_full_at = False, 0.0
         self.reading_paused, self.read_size = False, factory.small_buffer
+        # Per-client quota (chatlog.server.quota): set at admission, None when
+        # off or exempt; throttled while the address is over it.
+        self.quota: AddressQuota | None = None
+        self.throttled = False
         self._closing: ServerClose | None = None  # a close the server decided
 
     @property
@@ -254,6 +259,8 @@ class ChatProtocol(TwistedProtocol):
                 return
         now = self.clock.seconds()
         self._now = self.last_activity = now
+        if self.quota is not None:
+            self.quota.take(data.count(_DELIMITER), len(data), now)
         if self._buffer:
             if self._backlogged:
                 # Read although reading is paused (TLS may still hand over
@@ -399,8 +406,13 @@ class ChatProtocol(TwistedProtocol):
     def stopProducing(self) -> None:
         pass  # the connection is going away; connectionLost follows
 
+    def throttle(self, paused: bool) -> None:
+        """The address is over its quota: stop reading (lines read are still answered); or read."""
+        self.throttled = paused
+        self._update_reading()
+
     def _update_reading(self) -> None:
-        paused = self.send_buffer_full or self._backlogged
+        paused = self.send_buffer_full or self._backlogged or self.throttled
         if paused != self.reading_paused and self.reading:
             self.reading_paused = paused
             if paused:

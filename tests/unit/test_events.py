@@ -92,6 +92,7 @@ def test_event_names() -> None:
         "timeout": "Timeout",
         "rejected": "Rejected",
         "bad_header": "Bad Header",
+        "throttled": "Throttled",
         "log_error": "Log Error",
         "log_reopen": "Log Reopen",
         "stop": "Server Stopped",
@@ -151,6 +152,23 @@ SERVER_EVENTS = [
         "limit": 10,
     },
     {
+        "event": "throttled",
+        "state": "paused",
+        "address": "10.1.2.3",
+        "reason": "rate",
+        "limit": 1000,
+        "burst": 2000,
+    },
+    {
+        "event": "throttled",
+        "state": "released",
+        "address": "10.1.2.3",
+        "reason": "rate",
+        "seconds": 9.5,
+        "paused": 8.25,
+        "held": 9000,
+    },
+    {
         "event": "log_error",
         "error": "[Errno 28] No space left on device",
         "seconds": 2.5,
@@ -181,6 +199,8 @@ EVENT_TEXTS = [
     f"Timeout: {TS} - 10.1.2.3:4000 #1 - idle for 300 s, connection closed\n",
     f"Timeout: {TS} - 10.1.2.3:4000 #1 - line not finished within 30 s, connection closed\n",
     f"Rejected: {TS} - 10.1.2.3:4000 #1 - server busy (limit 10), connection refused\n",
+    f"Throttled: {TS} - 10.1.2.3 over its rate limit (1000/s, burst 2000), reading paused\n",
+    f"Throttled: {TS} - 10.1.2.3 released from its rate limit after 9.500000 s (8.250000 s not read), 9000 messages held back\n",
     f"Log Error: {TS} - log unavailable for 2.500000 s ([Errno 28] No space left on device): 7 messages refused, 1 other record lost\n",
     f"Log Error: {TS} - log unavailable for 0.500000 s ([Errno 5] Input/output error): 3 messages refused, 0 other records lost; up to 2 refused messages may remain above (cannot cut back)\n",
     f"Log Reopen: {TS} - cannot open the log anew ([Errno 24] Too many open files): records go on here until a retry succeeds\n",
@@ -247,7 +267,7 @@ def test_texts_of_earlier_versions_still_read(fmt: str, line: str, event: dict[s
 
 def test_an_optional_field_has_its_words_only_when_present() -> None:
     """``left`` is written only when some refused records may remain; its absence reads back absent."""
-    outage = {**SERVER_EVENTS[7], "time": WHEN}
+    outage = {**next(e for e in SERVER_EVENTS if e["event"] == "log_error"), "time": WHEN}
     assert b"may remain" not in event_text(outage)
     assert b"up to 5 refused messages may remain above" in event_text({**outage, "left": 5})
     assert "left" not in parse_text("log_error", event_text(outage))

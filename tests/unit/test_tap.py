@@ -38,6 +38,9 @@ DEFAULTS = {
     "worker": 0,
     "no-fastpath": False,
     "node": None,
+    "rate-limit": None,
+    "byte-limit": None,
+    "rate-exempt": [],
 }
 
 
@@ -97,6 +100,9 @@ def test_every_option(tmp_path: Path) -> None:
         "worker": 0,
         "no-fastpath": True,
         "node": "eu-1.node_2",
+        "rate-limit": None,
+        "byte-limit": None,
+        "rate-exempt": [],
     }
 
 
