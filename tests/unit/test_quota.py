@@ -237,6 +237,24 @@ def test_one_record_on_entry_and_one_on_release_however_many_pauses(clock: Clock
     assert replies(transport) == sent == len(log.messages())
 
 
+def test_a_read_while_paused_extends_the_pause(clock: Clock) -> None:
+    """TLS may hand over bytes it had decrypted after reading paused: their debt is paid too."""
+    log = FakeLog()
+    factory = make_factory(log, clock, "10")
+    proto, transport = connect(factory)
+    proto.dataReceived(lines(20))  # 10 over: 1 s
+    clock.advance(0.5)
+    proto.dataReceived(lines(10, 20))  # read while paused: 1 s more
+    clock.advance(0.5)
+    assert transport.producerState == "paused"
+    clock.advance(0.99)
+    assert transport.producerState == "paused"
+    clock.advance(0.01)
+    assert transport.producerState == "producing"
+    log.flush()
+    assert replies(transport) == 30
+
+
 def test_connections_of_one_address_share_its_bucket(clock: Clock) -> None:
     """One connection's flood pauses its sibling too; another address reads on."""
     log = FakeLog()
