@@ -15,6 +15,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from chatlog.latency import PERCENTILES
+from chatlog.report.stats import PerSecond
 from chatlog.report.summary import Report
 from chatlog.report.text import stamp
 
@@ -38,21 +39,24 @@ def draw_all(report: Report, out: Path, bench: list[dict[str, Any]] | None) -> d
 
 def plot_messages(report: Report, path: Path) -> Path | None:
     """Messages per second (server) and replies per second (client) over time."""
+    # The server's line wide and pale, the client's thin and dashed on top:
+    # when every message is answered at once the two are the same line, and
+    # both must still be seen.
     series = [
-        ("server: messages received", report.server.message_rate.counts),
-        ("client: replies received", report.client.reply_rate.counts),
+        ("server: messages received", per_second(report.server.message_rate), _SERVER_STYLE),
+        ("client: replies received", per_second(report.client.reply_rate), _CLIENT_STYLE),
     ]
-    series = [(label, counts) for label, counts in series if counts]
+    series = [entry for entry in series if entry[1]]
     if not series:
         return None
     base = _base_second(report)
-    last = max(max(counts) for _, counts in series)
+    last = max(max(counts) for _, counts, _ in series)
     fig, ax = _figure()
     width = 1
-    for label, counts in series:
+    for label, counts, style in series:
         first = min(counts)
-        xs, ys, width = _binned(dict(counts), first, last)
-        _step(ax, xs + (first - base), ys, width, label=label)
+        xs, ys, width = _binned(counts, first, last)
+        _step(ax, xs + (first - base), ys, width, label=label, **style)
     mean = report.summary["messages"]["per_s"]["mean"]
     if mean:
         ax.axhline(mean, linestyle="--", color="grey", label=f"server mean {mean:,.0f}/s")
@@ -63,6 +67,30 @@ def plot_messages(report: Report, path: Path) -> Path | None:
     _time_axis(ax, base, report.utc)
     ax.legend(loc="best")
     return _save(fig, path)
+
+
+_SERVER_STYLE: dict[str, Any] = {"linewidth": 4, "alpha": 0.45}
+_CLIENT_STYLE: dict[str, Any] = {"linewidth": 1.2, "linestyle": "--"}
+#: A first or last second covered less than this is left out of a rate plot:
+#: scaled up, a few events would draw a spike that never happened.
+MIN_COVERED = 0.25
+
+
+def per_second(rate: PerSecond) -> dict[int, float]:
+    """Events per second, the first and the last second scaled to the part of them the run
+    covered (a run starting at x.9 s had 0.1 s of its first second, not a slow start)."""
+    counts: dict[int, float] = dict(rate.counts)
+    if not counts or rate.first is None or rate.last is None:
+        return counts
+    first, last = int(rate.first), int(rate.last)
+    if first == last:
+        return counts  # under a second in all: its count is the figure
+    for second, covered in ((first, first + 1 - rate.first), (last, rate.last - last)):
+        if covered < MIN_COVERED:
+            del counts[second]
+        else:
+            counts[second] /= covered
+    return counts
 
 
 def plot_nodes(report: Report, path: Path) -> Path | None:
@@ -117,7 +145,15 @@ def plot_connections(report: Report, path: Path) -> Path | None:
     fig, ax = _figure()
     _step(ax, xs + (first - base), ys, width, label="concurrent connections")
     peak = report.server.peak_concurrent
-    ax.axhline(peak, linestyle="--", color="grey", label=f"peak {peak:,}")
+    if report.server.peak_time is not None:
+        # A marker over the peak, not a line across the plot that hides the series.
+        ax.plot(
+            [report.server.peak_time - base],
+            [peak],
+            "v",
+            color="black",
+            label=f"peak {peak:,} at {(stamp(report.server.peak_time, report.utc) or '')[11:19]}",
+        )
     per = "second" if width == 1 else f"{width} s"
     ax.set_title(f"Concurrent connections (highest in each {per})")
     ax.set_ylabel("open connections")
@@ -142,6 +178,7 @@ def plot_rtt(report: Report, path: Path) -> Path | None:
         low, high = low * 0.9, high * 1.1
     left.hist(values, bins=np.geomspace(low, high, 60), weights=counts)
     left.set_xscale("log")
+    _ms_ticks(left.xaxis)
     left.set_title(f"Round-trip time histogram ({count:,} replies)")
     left.set_xlabel("round-trip time (ms)")
     left.set_ylabel("replies")
@@ -163,7 +200,12 @@ def plot_rtt(report: Report, path: Path) -> Path | None:
     right.set_title("Round-trip percentiles")
     right.set_xlabel("percentile")
     right.set_ylabel("round-trip time (ms)")
-    right.set_ylim(bottom=0)
+    if rtt["max"] > 20 * rtt["p50"] > 0:
+        # A tail far above the median: a linear axis would flatten p50-p99.
+        right.set_yscale("log")
+        _ms_ticks(right.yaxis)
+    else:
+        right.set_ylim(bottom=0)
     right.grid(True, alpha=0.3)
     right.legend(loc="upper left")
     return _save(fig, path)
@@ -184,6 +226,7 @@ def plot_rtt_over_time(report: Report, path: Path) -> Path | None:
     median = min(row.get("p50", top) for row in rows)
     if median > 0 and top / median > 50:
         ax.set_yscale("log")
+        _ms_ticks(ax.yaxis)
     ax.set_title(f"Round-trip percentiles over time (per {width} s)")
     ax.set_ylabel("round-trip time (ms)")
     _time_axis(ax, base, report.utc)
@@ -217,6 +260,7 @@ def plot_bench(rows: list[dict[str, Any]], path: Path) -> Path:
     right.set_title("p99 round trip against connections (closed loop)")
     right.set_ylabel("p99 round-trip time (ms)")
     right.set_yscale("log")
+    _ms_ticks(right.yaxis)
     for ax in (left, right):
         ax.set_xscale("log")
         ax.set_xlabel("concurrent connections")
@@ -284,10 +328,17 @@ def _binned(
     return np.arange(bins) * width, out, width
 
 
-def _step(ax: Any, xs: Any, ys: Any, width: float, label: str) -> None:
+def _step(ax: Any, xs: Any, ys: Any, width: float, label: str, **style: Any) -> None:
     """A step line whose last step, like the others, lasts its whole bin."""
     xs, ys = list(xs), list(ys)
-    ax.step([*xs, xs[-1] + width], [*ys, ys[-1]], where="post", label=label)
+    ax.step([*xs, xs[-1] + width], [*ys, ys[-1]], where="post", label=label, **style)
+
+
+def _ms_ticks(axis: Any) -> None:
+    """A log axis's ticks as times: ``1 ms``, ``0.1 ms``, not ``10^0``."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _position: f"{value:g} ms"))
 
 
 def _time_axis(ax: Any, base: int, utc: bool) -> None:

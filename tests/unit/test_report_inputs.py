@@ -105,3 +105,19 @@ def test_summary_lists_the_files(tmp_path: Path) -> None:
     assert report.main([str(log), "-o", str(out)]) == 0
     files = json.loads((out / "summary.json").read_text())["files"]
     assert [(f["path"], f["format"], f["role"]) for f in files] == [(str(log), "dash", "server")]
+
+
+def test_partial_first_and_last_seconds_are_scaled_not_drawn_as_ramps() -> None:
+    """A run from x.5 s to y.75 s at 1,000/s: its first and last seconds plot at 1,000/s
+    (not 500 and 750); a sliver of a second is left out rather than scaled into a spike."""
+    from chatlog.report.plots import per_second
+    from chatlog.report.stats import PerSecond
+
+    rate = PerSecond()
+    for i in range(2251):  # 100.5 s to 102.75 s
+        rate.add(100.5 + i / 1000)
+    assert per_second(rate) == pytest.approx({100: 1000.0, 101: 1000.0, 102: 751 / 0.75})
+    sliver = PerSecond()
+    for when in (100.95, 101.0, 101.5, 102.1):
+        sliver.add(when)
+    assert per_second(sliver) == {101: 2}  # 0.05 s and 0.1 s covered: left out
