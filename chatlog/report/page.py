@@ -74,10 +74,12 @@ def render_html(summary: dict[str, Any], plots: dict[str, Path]) -> str:
     )
     if summary["client"]["rtt_ms"].get("count"):
         names = ["count", "p50", "p90", "p99", "p999", "max"]
+        # summary.json's key is p999; people (and the client) say p99.9.
+        headers = ["p99.9" if name == "p999" else name for name in names]
         parts.append("<h2>Round trips per client log (ms)</h2>")
         parts.append(
             _table(
-                ["client log", *names],
+                ["client log", *headers],
                 [
                     (r["path"], *(r.get(n) for n in names))
                     for r in summary["client"]["rtt_ms_by_file"]
@@ -89,7 +91,7 @@ def render_html(summary: dict[str, Any], plots: dict[str, Path]) -> str:
         parts.append(f"<p>Per interval of {timeline['interval_s']} s.</p>")
         parts.append(
             _table(
-                ["start", *names],
+                ["start", *headers],
                 [(r["start"], *(r.get(n) for n in names)) for r in timeline["rows"]],
             )
         )
@@ -111,7 +113,7 @@ def render_html(summary: dict[str, Any], plots: dict[str, Path]) -> str:
     parts.append("<h2>Files</h2>")
     parts.append(
         _table(
-            ["path", "format", "role", "records", "unparsed", "torn"],
+            ["path", "format", "role", "lines", "unparsed", "torn"],
             [
                 (f["path"], f["format"], f["role"], f["records"], f["unparsed"], f.get("torn", 0))
                 for f in summary["files"]

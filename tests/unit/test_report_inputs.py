@@ -121,3 +121,12 @@ def test_partial_first_and_last_seconds_are_scaled_not_drawn_as_ramps() -> None:
     for when in (100.95, 101.0, 101.5, 102.1):
         sliver.add(when)
     assert per_second(sliver) == {101: 2}  # 0.05 s and 0.1 s covered: left out
+
+
+def test_the_page_says_p99_9_as_the_client_does(tmp_path: Path) -> None:
+    server = write_events(tmp_path / "server.log", "event", synthetic_run(2, 3))
+    client = write_events(tmp_path / "client.log", "json", client_run(1795000000.05))
+    out = tmp_path / "out"
+    assert report.main([str(server), str(client), "-o", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "<th>p99.9</th>" in page and "<th>p999</th>" not in page
