@@ -335,8 +335,8 @@ def plot(rows: Sequence[Row], path: Path, title: str) -> None:
             )
         if mode == "pipelined" and 1024 in sizes:
             axis.axhline(500, color="grey", linestyle=":", linewidth=1)
-            axis.annotate("500 MiB/s (1 KiB target)", (sizes[0], 500), fontsize=7,
-                          xytext=(0, 3), textcoords="offset points", color="grey")  # fmt: skip
+            axis.annotate("target at 1 KiB: 500 MiB/s", (sizes[0], 500), fontsize=7, va="top",
+                          xytext=(0, -3), textcoords="offset points", color="grey")  # fmt: skip
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_xticks(sizes, [size_label(s) for s in sizes])
@@ -347,13 +347,18 @@ def plot(rows: Sequence[Row], path: Path, title: str) -> None:
         load = {"mode": mode, "connections": conns, "pipeline": depth, "rate": 0}
         axis.set_title(output.load_name(load), fontsize=10)
         axis.grid(True, which="major", alpha=0.3)
-        axis.legend(fontsize=8, loc="upper left")
     top = max((mib_per_s(r) or 0.0) for r in rows)
     bottom = min((mib_per_s(r) or math.inf) for r in rows)
     if math.isfinite(bottom) and top > 0:
         for axis in axes[0]:
             axis.set_ylim(bottom / 1.6, top * 1.6)
+    # One legend for both panels, below them, where it hides no point.
+    handles: dict[str, Any] = {}
+    for axis in axes[0]:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=5, fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
