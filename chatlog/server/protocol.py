@@ -409,6 +409,9 @@ class ChatProtocol(TwistedProtocol):
     def throttle(self, paused: bool) -> None:
         """The address is over its quota: stop reading (lines read are still answered); or read."""
         self.throttled = paused
+        if not paused:
+            # A throttled client's lumps are its reads: small ones keep its rate smooth.
+            self.factory.size_buffers(self, self.factory.small_buffer)
         self._update_reading()
 
     def _update_reading(self) -> None:

@@ -255,6 +255,18 @@ def test_a_read_while_paused_extends_the_pause(clock: Clock) -> None:
     assert replies(transport) == 30
 
 
+def test_a_throttled_connection_reads_again_a_little_at_a_time(clock: Clock) -> None:
+    """After a pause the next read is the small one: a throttled client's lumps stay small."""
+    log = FakeLog()
+    factory = make_factory(log, clock, "10")
+    proto, transport = connect(factory)
+    factory.size_buffers(proto, factory.large_buffer)  # a client of long lines
+    proto.dataReceived(lines(20))
+    clock.advance(1.0)
+    assert transport.producerState == "producing"
+    assert proto.read_size == factory.small_buffer
+
+
 def test_connections_of_one_address_share_its_bucket(clock: Clock) -> None:
     """One connection's flood pauses its sibling too; another address reads on."""
     log = FakeLog()

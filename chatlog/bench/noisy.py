@@ -1,0 +1,411 @@
+"""``python -m chatlog.bench.noisy``: per-client quotas measured (issue 11's "Done when").
+
+Three measurements, each on a fresh ``twistd chatlog`` (json log) on loopback:
+
+- *noisy neighbour* (default): 50 well-behaved connections from 127.0.0.1
+  at a steady open-loop rate (``python -m chatlog.client --rate``), alone
+  and beside one pipelined flooder from 127.0.0.2, without and with
+  ``--rate-limit``: the well-behaved clients' p99 in each case, and the
+  flooder's rate held over the window, every message it sent answered and
+  logged (its ``message`` records counted in the server's log);
+- *fairness* (default): four equal flooders from 127.0.0.2-5 with and
+  without ``--rate-limit``: each one's rate and Jain's fairness index
+  ``(sum x)^2 / (n sum x^2)``;
+- *cost* (``--cost``): closed loop over 100 connections, quotas off against
+  quotas on but never hit (limits far above the load), alternating rounds,
+  medians: what the per-read bucket arithmetic costs.
+
+A flooder is this module run with ``--flooder SOURCE``: one connection bound
+to SOURCE (every 127/8 address is local) that keeps ``--pipeline`` lines in
+flight, counts the replies of the measuring window after a warm-up, then
+stops sending and reads until every line it sent is answered.  Its
+first line of JSON on stdout says what it saw.
+
+Nothing is pinned: the machine has two cores for the server, the clients and
+the flooders, as a shared host would.  Run it under ``flock /tmp/bench.lock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import selectors
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from chatlog.bench import servers
+from chatlog.server.command import twistd_command
+
+REPLY = b"Server received: "
+WELL_SOURCE = "127.0.0.1"
+FLOOD_SOURCES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
+
+
+# -- the flooder (a process of its own) ----------------------------------------------
+
+
+def flood(
+    host: str, port: int, source: str, warmup: float, duration: float, pipeline: int, size: int
+) -> dict[str, Any]:
+    """Keep ``pipeline`` lines in flight from ``source`` for warmup + duration; then drain."""
+    line = source.encode().replace(b".", b"-") + b"x" * max(0, size - len(source)) + b"\n"
+    reply = REPLY + line
+    sock = socket.create_connection((host, port), timeout=10, source_address=(source, 0))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    batch = 64
+    chunk = line * batch
+    sent = answered = 0
+    pending = b""  # bytes of lines accepted for sending, not yet written
+    tail = b""  # an unfinished reply line
+    bad = 0
+    start = time.monotonic()
+    window_start, window_end = start + warmup, start + warmup + duration
+    window_first: int | None = None
+    window_last = 0
+    sending = True
+    drain_deadline = window_end + 60.0
+    while True:
+        now = time.monotonic()
+        if sending and now >= window_end:
+            sending = False
+        if window_first is None and now >= window_start:
+            window_first = answered
+        if now >= window_end and window_last == 0:
+            window_last = answered
+        if not sending and not pending and answered >= sent:
+            break
+        if now > drain_deadline:
+            break
+        want_write = bool(pending) or (sending and sent - answered + batch <= pipeline)
+        selector.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0))
+        for _key, events in selector.select(timeout=0.05):
+            if events & selectors.EVENT_READ:
+                data = sock.recv(262144)
+                if not data:
+                    raise ConnectionError("the server closed the connection")
+                data = tail + data
+                cut = data.rfind(b"\n") + 1
+                whole, tail = data[:cut], data[cut:]
+                count = whole.count(b"\n")
+                if whole != reply * count:
+                    bad += count - whole.count(reply)
+                answered += count
+            if events & selectors.EVENT_WRITE:
+                if not pending and sending and sent - answered + batch <= pipeline:
+                    pending = chunk
+                    sent += batch
+                if pending:
+                    try:
+                        written = sock.send(pending)
+                    except BlockingIOError:
+                        written = 0
+                    pending = pending[written:]
+    drained = time.monotonic() - window_end
+    sock.close()
+    in_window = window_last - (window_first or 0)
+    return {
+        "source": source,
+        "sent": sent,
+        "answered": answered,
+        "bad_replies": bad,
+        "all_answered": answered == sent and bad == 0,
+        "window_s": duration,
+        "window_answered": in_window,
+        "msgs_per_s": in_window / duration,
+        "drain_s": round(drained, 3),
+    }
+
+
+# -- one run: a fresh server, the well-behaved clients and the flooders ---------------------
+
+
+def start_server(scratch: Path, extra: Sequence[str]) -> servers.Running:
+    def argv(binaries: dict[str, Path], where: Path) -> list[str]:
+        return [
+            *twistd_command(), "-n", "--pidfile=", "chatlog",
+            "--port", "tcp:0:interface=127.0.0.1",
+            "--logfile", str(where / "chatlog.log"), "--format", "json",
+            "--max-per-ip", "0", *extra,
+        ]  # fmt: skip
+
+    spec = servers.ServerSpec("chatlog", argv, "twistd chatlog " + " ".join(extra), False)
+    (scratch / "chatlog.log").unlink(missing_ok=True)
+    return servers.start(spec, {}, scratch, None)
+
+
+def logged_from(log: Path, ip: str) -> int:
+    """The ``message`` records of ``ip`` in a json log."""
+    needle = b'"event": "message", "ip": "%s"' % ip.encode()
+    return log.read_bytes().count(needle)
+
+
+def run(
+    scratch: Path,
+    limit: Sequence[str],
+    flooders: Sequence[str],
+    well: bool,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One point: returns the well-behaved summary (if any) and each flooder's."""
+    server = start_server(scratch, limit)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for source in flooders:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "chatlog.bench.noisy",
+                        "--flooder",
+                        source,
+                        "--host",
+                        server.host,
+                        "--port",
+                        str(server.port),
+                        "--warmup",
+                        str(args.warmup),
+                        "--duration",
+                        str(args.duration),
+                        "--pipeline",
+                        str(args.pipeline),
+                        "--size",
+                        str(args.size),
+                    ],  # fmt: skip
+                    stdout=subprocess.PIPE,
+                )
+            )
+        well_result = None
+        if well:
+            client = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "chatlog.client",
+                    "--host",
+                    server.host,
+                    "--port",
+                    str(server.port),
+                    "--connections",
+                    str(args.well_connections),
+                    "--rate",
+                    str(args.well_rate),
+                    "--duration",
+                    str(args.duration),
+                    "--warmup",
+                    str(args.warmup),
+                    "--size",
+                    str(args.size),
+                    "--json",
+                ],  # fmt: skip
+                capture_output=True,
+                timeout=args.duration + args.warmup + 120,
+                check=True,
+            )
+            well_result = json.loads(client.stdout)
+        floods = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=args.duration + args.warmup + 120)
+            floods.append(json.loads(out))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        server.stop()
+    log = scratch / "chatlog.log"
+    for result in floods:
+        result["logged"] = logged_from(log, result["source"])
+        result["all_logged"] = result["logged"] == result["sent"]
+    throttled = [
+        json.loads(r) for r in log.read_bytes().split(b"\n") if b'"event": "throttled"' in r
+    ]
+    return {"well": well_result, "floods": floods, "throttled_records": len(throttled)}
+
+
+def jain(values: Sequence[float]) -> float:
+    """Jain's fairness index: 1 when all equal, 1/n when one takes everything."""
+    total = sum(values)
+    squares = sum(v * v for v in values)
+    return total * total / (len(values) * squares) if squares else 1.0
+
+
+# -- the reports ------------------------------------------------------------------------
+
+
+def noisy(scratch: Path, args: argparse.Namespace) -> list[str]:
+    limit = ["--rate-limit", args.rate_limit]
+    rate = float(args.rate_limit.split("/")[0])
+    out = [
+        f"noisy neighbour: {args.well_connections} connections from {WELL_SOURCE} at "
+        f"{args.well_rate:g} msgs/s in total (open loop), one flooder from {FLOOD_SOURCES[0]} "
+        f"with {args.pipeline} lines in flight; {args.duration:g} s measured after "
+        f"{args.warmup:g} s of warm-up",
+        "",
+        f"{'run':44} {'well p50 ms':>11} {'well p99 ms':>11} {'p99 x alone':>11} "
+        f"{'flooder msgs/s':>14} {'answered':>9} {'logged':>7}",
+    ]
+    points = [
+        ("alone, no limit", [], False),
+        ("alone, --rate-limit " + args.rate_limit, limit, False),
+        ("with flooder, no limit", [], True),
+        ("with flooder, --rate-limit " + args.rate_limit, limit, True),
+    ]
+    alone_p99 = None
+    results = {}
+    for name, extra, with_flooder in points:
+        result = run(scratch, extra, FLOOD_SOURCES[:1] if with_flooder else [], True, args)
+        results[name] = result
+        rtt = result["well"]["rtt_ms"]
+        if alone_p99 is None:
+            alone_p99 = rtt["p99"]
+        flood_cols = ""
+        if result["floods"]:
+            f = result["floods"][0]
+            flood_cols = (
+                f"{f['msgs_per_s']:14,.0f} {'all' if f['all_answered'] else 'NO':>9} "
+                f"{'all' if f['all_logged'] else 'NO':>7}"
+            )
+        out.append(
+            f"{name:44} {rtt['p50']:11.3f} {rtt['p99']:11.3f} {rtt['p99'] / alone_p99:11.2f} "
+            + flood_cols
+        )
+    held = results["with flooder, --rate-limit " + args.rate_limit]["floods"][0]
+    free = results["with flooder, no limit"]["floods"][0]
+    out += [
+        "",
+        f"flooder unthrottled: {free['msgs_per_s']:,.0f} msgs/s = {free['msgs_per_s'] / rate:.1f}x "
+        f"the limit; held: {held['msgs_per_s']:,.1f} msgs/s = "
+        f"{100 * (held['msgs_per_s'] / rate - 1):+.1f}% of {rate:,.0f} over {args.duration:g} s; "
+        f"sent {held['sent']:,}, answered {held['answered']:,}, logged {held['logged']:,}, "
+        f"Throttled records {results['with flooder, --rate-limit ' + args.rate_limit]['throttled_records']}",
+        "",
+    ]
+    for name, result in results.items():
+        out.append(f"raw {name}: " + json.dumps(result, sort_keys=True))
+    return out
+
+
+def fairness(scratch: Path, args: argparse.Namespace) -> list[str]:
+    out = [
+        "",
+        f"fairness: 4 equal flooders from {', '.join(FLOOD_SOURCES)}, {args.pipeline} lines in "
+        f"flight each, {args.duration:g} s after {args.warmup:g} s of warm-up",
+        "",
+    ]
+    for name, extra in (
+        ("no limit", []),
+        ("--rate-limit " + args.rate_limit, ["--rate-limit", args.rate_limit]),
+    ):
+        result = run(scratch, extra, FLOOD_SOURCES, False, args)
+        rates = [f["msgs_per_s"] for f in result["floods"]]
+        answered = all(f["all_answered"] for f in result["floods"])
+        logged = all(f["all_logged"] for f in result["floods"])
+        out.append(
+            f"{name:28} rates {' / '.join(f'{r:,.0f}' for r in rates)} msgs/s; "
+            f"Jain's index {jain(rates):.4f}; all answered: {answered}; all logged: {logged}; "
+            f"Throttled records {result['throttled_records']}"
+        )
+        out.append(f"raw {name}: " + json.dumps(result, sort_keys=True))
+    return out
+
+
+def cost(scratch: Path, args: argparse.Namespace) -> list[str]:
+    on = ["--rate-limit", "100000000", "--byte-limit", "10000000000"]
+    out = [
+        f"cost: closed loop, 100 connections, {args.cost_duration:g} s after 1 s of warm-up, "
+        f"{args.rounds} rounds alternating which goes first; quotas on = {' '.join(on)} "
+        "(never hit)",
+        "",
+    ]
+    runs: dict[str, list[float]] = {"off": [], "on": []}
+    for round_ in range(args.rounds):
+        order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
+        for which in order:
+            server = start_server(scratch, on if which == "on" else [])
+            try:
+                client = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "chatlog.client",
+                        "--host",
+                        server.host,
+                        "--port",
+                        str(server.port),
+                        "--connections",
+                        "100",
+                        "--duration",
+                        str(args.cost_duration),
+                        "--warmup",
+                        "1",
+                        "--json",
+                    ],  # fmt: skip
+                    capture_output=True,
+                    timeout=args.cost_duration + 120,
+                    check=True,
+                )
+            finally:
+                server.stop()
+            rate = json.loads(client.stdout)["throughput_msgs_per_s"]
+            runs[which].append(rate)
+            out.append(f"round {round_ + 1} quotas {which:3}: {rate:,.0f} msgs/s")
+    off, on_ = statistics.median(runs["off"]), statistics.median(runs["on"])
+    out += [
+        "",
+        f"median off {off:,.0f} msgs/s, on {on_:,.0f} msgs/s: on/off = {on_ / off:.4f} "
+        f"({100 * (1 - on_ / off):+.2f}% cost)",
+    ]
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chatlog.bench.noisy", description=__doc__)
+    parser.add_argument("--rate-limit", default="1000", help="the server's --rate-limit")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    parser.add_argument("--pipeline", type=int, default=1000, help="a flooder's lines in flight")
+    parser.add_argument("--size", type=int, default=16, help="line size in bytes")
+    parser.add_argument("--well-connections", type=int, default=50)
+    parser.add_argument("--well-rate", type=float, default=500.0, help="msgs/s in total")
+    parser.add_argument("--cost", action="store_true", help="only the quotas-on-not-hit cost")
+    parser.add_argument("--rounds", type=int, default=6, help="--cost rounds of each")
+    parser.add_argument("--cost-duration", type=float, default=5.0)
+    parser.add_argument("--no-fairness", action="store_true")
+    flooder = parser.add_argument_group("one flooder (what the bench starts)")
+    flooder.add_argument("--flooder", metavar="SOURCE", help="flood from SOURCE; JSON out")
+    flooder.add_argument("--host", default="127.0.0.1")
+    flooder.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    if args.flooder:
+        result = flood(
+            args.host, args.port, args.flooder, args.warmup, args.duration, args.pipeline, args.size
+        )
+        print(json.dumps(result), flush=True)
+        return 0
+    print("$ " + shlex.join(["python", "-m", "chatlog.bench.noisy", *(argv or sys.argv[1:])]))
+    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {servers.ROOT}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="chatlog-noisy-") as where:
+        scratch = Path(where)
+        if args.cost:
+            lines = cost(scratch, args)
+        else:
+            lines = noisy(scratch, args)
+            if not args.no_fairness:
+                lines += fairness(scratch, args)
+    print("\n".join(lines), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
