@@ -4,12 +4,13 @@ The log must not change what it measures.  Formatting a record costs a few
 microseconds, as much as a round trip's whole work in the client, so none of
 it happens on the measuring loop.  The hot path appends one small tuple of
 numbers (a *compact record*, below) per reply, or per write in the open loop;
-a few times a second :meth:`ClientLog.flush` hands the batch on in bulk.  In
-a load run it goes, serialised with ``marshal``, to a spool file read by a
-separate writer process (:mod:`chatlog.client.logwriter`) that runs at the
-lowest CPU priority: on a busy machine it formats when the run leaves a core
-idle, at the latest once the run is over, and the client exits only when the
-log is complete.  The conversation's few records are formatted in place.
+every 20 ms :meth:`ClientLog.flush` hands the batch on in bulk.  In a load
+run it goes, serialised with ``marshal``, to a spool file read by a separate
+writer process (:mod:`chatlog.client.logwriter`) that formats it once the run
+is over (a writer formatting alongside, even at the lowest CPU priority,
+still changed what a 2-core machine measured), and the client exits only
+when the log is complete.  The conversation's few records are formatted in
+place.
 
 Compact records (times are ``time.perf_counter_ns`` readings)::
 

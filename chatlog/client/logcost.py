@@ -12,6 +12,13 @@ p50/p99/p99.9, their ratios to the run without a log, and whether they are
 within the targets (percentiles at most 1.1x, throughput at least 0.95x).
 The machine's load average is printed before and after.
 
+The machine may be shared: before each run it waits (up to a minute) for
+the other processes to leave both cores idle, and it measures the CPU they
+took during the run (all busy CPU time less the server's and the client's,
+its writer's included).  A run where they took more than
+:data:`FOREIGN_LIMIT` CPU seconds is printed as spoiled and run again (up
+to :data:`RETRIES` times): such a run measures the neighbours, not the log.
+
 Each client run waits for its log to be complete before it exits (the
 writer process catches up once the run is over): each run's wall time is
 shown, so that wait can be seen; it is not part of the measured window.
@@ -25,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -45,6 +53,42 @@ PERCENTILE_LIMIT = 1.1
 #: ... and throughput at least this share of it.
 THROUGHPUT_LIMIT = 0.95
 LISTENING = re.compile(rb"listening on (\S+):(\d+), logging to")
+#: CPU seconds other processes may take during a run before it counts as spoiled.
+FOREIGN_LIMIT = 0.5
+RETRIES = 3
+#: Busy CPU (cores) below which the machine counts as quiet, and the longest wait for it.
+QUIET_CORES = 0.15
+QUIET_WAIT_S = 60.0
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine has been busy (``/proc/stat``: all but idle and iowait)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / HZ
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds of a running process (``/proc/PID/stat``: utime + stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / HZ
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of the finished children, and of what they waited for (the log writer)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_quiet() -> float:
+    """Wait for the other processes to leave the CPUs idle; return the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < QUIET_WAIT_S:
+        before = busy_cpu_s()
+        time.sleep(1.0)
+        if busy_cpu_s() - before <= QUIET_CORES:
+            break
+    return time.monotonic() - started
 
 
 def twistd() -> list[str]:
@@ -76,8 +120,9 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def run_client(
-    port: int, load: list[str], log: str, args: argparse.Namespace, workdir: Path
+    server: int, port: int, load: list[str], log: str, args: argparse.Namespace, workdir: Path
 ) -> dict[str, Any]:
+    """One client run; ``server``: the server's pid, whose CPU is not foreign."""
     argv = [
         sys.executable, "-m", "chatlog.client", "--port", str(port), *load,
         "--duration", f"{args.duration:g}", "--warmup", f"{args.warmup:g}", "--json",
@@ -86,10 +131,15 @@ def run_client(
     if log != "none":
         argv += ["--logfile", str(path), "--format", log]
     started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, check=True)
+    cpu0 = (busy_cpu_s(), process_cpu_s(server), children_cpu_s())
+    done = subprocess.run(argv, capture_output=True)
+    cpu1 = (busy_cpu_s(), process_cpu_s(server), children_cpu_s())
     wall = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stderr.decode(errors='replace')}")
     data: dict[str, Any] = json.loads(done.stdout)
     data["wall_s"] = wall
+    data["foreign_cpu_s"] = (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1]) - (cpu1[2] - cpu0[2])
     data["log_records"] = path.read_bytes().count(b"\n") if log != "none" else 0
     path.unlink(missing_ok=True)
     # The server's log grows by every message: start each run from an empty one.
@@ -103,6 +153,7 @@ def line(round_: int, load: str, log: str, data: dict[str, Any]) -> str:
         f"round {round_}  {load:<14} {log:<5} {data['throughput_msgs_per_s']:>10,.0f} msgs/s  "
         + "  ".join(f"{k} {rtt[k]:.3f}" for k in KEYS)
         + f"  client CPU {data['client_cpu_s']:.2f} s  wall {data['wall_s']:.1f} s"
+        + f"  others' CPU {data['foreign_cpu_s']:.2f} s"
         + (f"  log {data['log_records']:,} records" if log != "none" else "")
     )
 
@@ -123,9 +174,17 @@ def main(argv: list[str] | None = None) -> int:
                 for load, load_args in LOADS.items():
                     shift = (round_ - 1) % len(LOGS)
                     for log in LOGS[shift:] + LOGS[:shift]:
-                        data = run_client(port, load_args, log, args, workdir)
+                        for _ in range(RETRIES + 1):
+                            waited = wait_quiet()
+                            data = run_client(server.pid, port, load_args, log, args, workdir)
+                            text = line(round_, load, log, data)
+                            if waited >= QUIET_WAIT_S:
+                                text += f"  (the machine was not quiet for {waited:.0f} s)"
+                            if data["foreign_cpu_s"] <= FOREIGN_LIMIT:
+                                break
+                            print(f"{text}  SPOILED by other processes: again", flush=True)
                         results.setdefault((load, log), []).append(data)
-                        print(line(round_, load, log, data), flush=True)
+                        print(text, flush=True)
         finally:
             server.terminate()
             server.wait()
