@@ -5,8 +5,9 @@ like the other plots with matplotlib's object API on the Agg canvas (no
 pyplot, no display), matplotlib imported only when something is drawn.
 
 - ``latency_vs_load.png``: for each file, the round-trip p50, p99 and p99.9
-  of each step against its offered rate (log scale), the SLO and the answer;
-  beside it, the achieved rate against the offered.  A step whose limit was
+  of each step against its offered rate (log scale), the SLO and the answer
+  (a vertical line, and in the legend); beside it, the achieved rate against
+  the offered.  A step whose limit was
   the client is marked with a cross: it says nothing of the server.
 - ``percentiles_over_time.png``: each file's percentiles interval by
   interval, a sweep's steps shaded and labelled with their rates.
@@ -16,15 +17,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from chatlog.latency import PERCENTILES
 
 #: At most this many files get their own panel over time.
 MAX_TIME_PANELS = 6
-_STYLES = {"p50": ":", "p99": "-", "p999": "--"}
+_STYLES: dict[str, Literal[":", "-", "--"]] = {"p50": ":", "p99": "-", "p999": "--"}
 #: Intervals further apart than this are not joined by a line.
 GAP_S = 0.05
+#: Rates spanning more than this factor are drawn on a logarithmic axis.
+LOG_RATES = 20
 
 
 def draw_hlog_plots(files: list[dict[str, Any]], out: Path) -> dict[str, Path]:
@@ -39,70 +42,116 @@ def draw_hlog_plots(files: list[dict[str, Any]], out: Path) -> dict[str, Path]:
 
 
 def plot_latency_vs_load(files: list[dict[str, Any]], path: Path) -> Path | None:
-    """Round-trip percentiles and achieved rate against the offered rate, one colour per file."""
+    """Round-trip percentiles and achieved rate against the offered rate, one colour per file.
+
+    One legend below both panels: a line per file (colour) with its answer,
+    one per percentile (line style), the SLO, and the client's limit.  The
+    rate axes are logarithmic when the rates span more than
+    :data:`LOG_RATES` times (servers of very different capacity side by side).
+    """
     curves = [f for f in files if any(p["count"] for p in f["steps"])]
     if not curves:
         return None
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
 
     fig = Figure(figsize=(12, 5), dpi=100, layout="constrained")
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     colours = [f"C{i % 10}" for i in range(len(curves))]
-    top_rate = 0.0
+    rates: list[float] = []
     slos = set()
+    handles: list[Any] = []
+    client_limited = False
     for colour, file in zip(colours, curves, strict=True):
         points = [p for p in file["steps"] if p["count"]]
         xs = [p["offered_msgs_per_s"] for p in points]
-        top_rate = max(top_rate, *xs)
+        rates += xs
         for key, style in _STYLES.items():
             ys = [p["rtt_ms"][key] for p in points]
-            label = f"{file['label']} {_label(key)}"
-            left.plot(xs, ys, linestyle=style, marker="o", markersize=3, color=colour, label=label)
+            left.plot(xs, ys, linestyle=style, marker="o", markersize=3, color=colour)
         limited = [p for p in points if p.get("client_limited")]
         if limited:
+            client_limited = True
             left.plot(
                 [p["offered_msgs_per_s"] for p in limited],
                 [p["rtt_ms"]["p99"] for p in limited],
                 "x",
                 markersize=10,
                 color="red",
-                label=f"{file['label']}: the client was the limit",
             )
-        answer = file.get("max_rate_msgs_per_s")
-        if answer:
-            bound = "" if file.get("limited_by") == "server" else " (lower bound)"
-            left.axvline(
-                answer,
-                color=colour,
-                linewidth=0.8,
-                linestyle="-.",
-                label=f"{file['label']}: {answer:,.0f} msgs/s{bound}",
-            )
+        if file.get("max_rate_msgs_per_s"):
+            left.axvline(file["max_rate_msgs_per_s"], color=colour, linewidth=0.8, linestyle="-.")
         if file.get("slo_p99_ms"):
             slos.add(file["slo_p99_ms"])
+        handles.append(Line2D([], [], color=colour, marker="o", label=_file_label(file)))
         achieved = [(p["offered_msgs_per_s"], p["achieved_msgs_per_s"]) for p in points]
         achieved = [(x, y) for x, y in achieved if y is not None]
         if achieved:
-            right.plot(*zip(*achieved, strict=True), marker="o", color=colour, label=file["label"])
+            right.plot(*zip(*achieved, strict=True), marker="o", markersize=3, color=colour)
+    for key, style in _STYLES.items():
+        handles.append(Line2D([], [], color="black", linestyle=style, label=_label(key)))
     for slo in sorted(slos):
-        left.axhline(slo, color="grey", linewidth=1, linestyle="--", label=f"SLO p99 {slo:g} ms")
+        left.axhline(slo, color="grey", linewidth=1, linestyle="--")
+        handles.append(
+            Line2D([], [], color="grey", linestyle="--", label=f"SLO: p99 \u2264 {slo:g} ms")
+        )
+    if client_limited:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="red",
+                marker="x",
+                linestyle="none",
+                label="step limited by the client",
+            )
+        )
+    low, high = min(rates), max(rates)
+    right.plot([low, high], [low, high], color="grey", linewidth=0.8, linestyle="--")
+    for ax in (left, right):
+        if high > LOG_RATES * low:
+            ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(_rate))
+        ax.set_xlabel("offered load (msgs/s, open loop)")
+        ax.grid(True, alpha=0.3, which="both")
     left.set_yscale("log")
-    left.set_title("Round-trip percentiles against offered load")
-    left.set_xlabel("offered (msgs/s)")
-    left.set_ylabel("round-trip time (ms), from the scheduled send")
-    left.set_xlim(left=0)
-    left.grid(True, alpha=0.3, which="both")
-    left.legend(loc="upper left", fontsize="x-small")
-    right.plot([0, top_rate], [0, top_rate], color="grey", linewidth=0.8, linestyle="--")
-    right.set_title("Achieved against offered")
-    right.set_xlabel("offered (msgs/s)")
+    left.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    left.set_title("Round-trip time against offered load")
+    left.set_ylabel("round-trip time (ms, from the scheduled send)")
+    right.set_title("Achieved against offered (grey dashed: all of it)")
     right.set_ylabel("achieved (msgs/s)")
-    right.set_xlim(left=0)
-    right.set_ylim(bottom=0)
-    right.grid(True, alpha=0.3)
-    right.legend(loc="upper left", fontsize="small")
+    if high > LOG_RATES * low:
+        right.set_yscale("log")
+    right.yaxis.set_major_formatter(FuncFormatter(_rate))
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=min(len(handles), 4),
+        fontsize="small",
+    )
     fig.savefig(path, format="png")
     return path
+
+
+def _file_label(file: dict[str, Any]) -> str:
+    """A file's legend entry: its name, its connections, and its answer."""
+    name = file["label"]
+    if file.get("connections"):
+        name += f", {file['connections']} connections"
+    answer = file.get("max_rate_msgs_per_s")
+    if not answer:
+        return f"{name}: no rate met the SLO" if file.get("slo_p99_ms") else name
+    limited_by = file.get("limited_by")
+    if limited_by == "server":
+        return f"{name}: {answer:,.0f} msgs/s"
+    why = "the client was the limit" if limited_by == "client" else "every step met the SLO"
+    return f"{name}: \u2265 {answer:,.0f} msgs/s ({why})"
+
+
+def _rate(value: float, _: object = None) -> str:
+    """A rate's tick label: 500, 2k, 150k."""
+    return f"{value / 1000:g}k" if value >= 1000 else f"{value:g}"
 
 
 def plot_percentiles_over_time(files: list[dict[str, Any]], path: Path) -> Path | None:
