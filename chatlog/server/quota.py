@@ -23,7 +23,7 @@ so a read costs a ``max``, a multiply-add and a comparison per bucket.
 A throttle *episode* is logged twice: a ``throttled`` record (state
 ``paused``) when an address first goes over, and one (state ``released``)
 once it has been read again for :attr:`Quotas.quiet` seconds without going
-over, saying how long it lasted, how long its connections were not read and
+over (or when the server stops), saying how long it lasted, how long its connections were not read and
 how many messages it sent after the first pause (each waited for the
 throttle).  Nothing is logged per message or per pause.
 """
@@ -196,16 +196,19 @@ class AddressQuota:
         if debt > 0 and self.conns:
             self._schedule(debt)
             return
-        self.paused = False
-        self.paused_total += now - self.paused_at
-        self.quotas.seconds[self.pause_reason] += now - self.paused_at
-        self.resumed_at = now
+        self._resumed(now)
         for proto in list(self.conns):
             proto.throttle(False)
         if self.conns:
             self._schedule(self.quotas.quiet)
         else:
             self._release(now)
+
+    def _resumed(self, now: float) -> None:
+        self.paused = False
+        self.paused_total += now - self.paused_at
+        self.quotas.seconds[self.pause_reason] += now - self.paused_at
+        self.resumed_at = now
 
     def _release(self, now: float) -> None:
         assert self.started is not None
@@ -225,11 +228,15 @@ class AddressQuota:
         if not self.conns and self.full(now):
             self.quotas.drop(self)
 
-    def cancel(self) -> None:
-        """The server stops: no timer is left behind."""
+    def end(self, now: float) -> None:
+        """The server stops: no timer is left behind, and an episode running ends now."""
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
+        if self.paused:
+            self._resumed(now)
+        if self.started is not None:
+            self._release(now)
 
 
 class Quotas:
@@ -310,5 +317,7 @@ class Quotas:
         return seconds
 
     def stop(self) -> None:
-        for quota in self.addresses.values():
-            quota.cancel()
+        """The server stops listening: end every episode (its release record says how long)."""
+        now = self.clock.seconds()
+        for quota in list(self.addresses.values()):
+            quota.end(now)

@@ -334,6 +334,21 @@ def test_a_throttled_client_does_not_time_out(clock: Clock) -> None:
     factory.stopFactory()
 
 
+def test_an_episode_running_when_the_server_stops_is_released(clock: Clock) -> None:
+    """Stopping ends every episode with its release record (how long, so far) and no timer left."""
+    log = FakeLog()
+    factory = make_factory(log, clock, "10")
+    proto, _ = connect(factory)
+    proto.dataReceived(lines(30))
+    clock.advance(0.5)
+    factory.stopFactory()
+    assert [(e["state"], e.get("seconds"), e.get("paused")) for e in throttled(log)] == [
+        ("paused", None, None),
+        ("released", 0.5, 0.5),
+    ]
+    assert clock.getDelayedCalls() == []
+
+
 def test_an_idle_address_is_forgotten(clock: Clock) -> None:
     """An address gone with a full bucket is dropped: the table holds connected or owing ones."""
     log = FakeLog()
