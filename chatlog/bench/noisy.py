@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from chatlog.bench import servers
+from chatlog.bench.run import process_cpu_s
 from chatlog.server.command import twistd_command
 
 REPLY = b"Server received: "
@@ -329,10 +330,12 @@ def cost(scratch: Path, args: argparse.Namespace) -> list[str]:
         "",
     ]
     runs: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
     for round_ in range(args.rounds):
         order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
         for which in order:
             server = start_server(scratch, on if which == "on" else [])
+            cpu_before = process_cpu_s(server.pid)
             try:
                 client = subprocess.run(
                     [
@@ -355,16 +358,29 @@ def cost(scratch: Path, args: argparse.Namespace) -> list[str]:
                     timeout=args.cost_duration + 120,
                     check=True,
                 )
+                server_cpu = process_cpu_s(server.pid) - cpu_before
             finally:
                 server.stop()
-            rate = json.loads(client.stdout)["throughput_msgs_per_s"]
+            summary = json.loads(client.stdout)
+            rate = summary["throughput_msgs_per_s"]
+            # Every message of the run, warm-up included, against the server's CPU.
+            messages = (scratch / "chatlog.log").read_bytes().count(b'"event": "message"')
+            per_msg = server_cpu / messages * 1e6
             runs[which].append(rate)
-            out.append(f"round {round_ + 1} quotas {which:3}: {rate:,.0f} msgs/s")
+            cpu[which].append(per_msg)
+            out.append(
+                f"round {round_ + 1} quotas {which:3}: {rate:,.0f} msgs/s, server "
+                f"{per_msg:.3f} us CPU/msg, client CPU {summary.get('client_cpu_fraction')}, "
+                f"client-limited {summary.get('client_limited')}"
+            )
     off, on_ = statistics.median(runs["off"]), statistics.median(runs["on"])
+    cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
     out += [
         "",
         f"median off {off:,.0f} msgs/s, on {on_:,.0f} msgs/s: on/off = {on_ / off:.4f} "
         f"({100 * (1 - on_ / off):+.2f}% cost)",
+        f"median server CPU per message off {cpu_off:.3f} us, on {cpu_on:.3f} us: "
+        f"on/off = {cpu_on / cpu_off:.4f}",
     ]
     return out
 

@@ -218,7 +218,7 @@ class ChatFactory(Factory):
         self.connections_total += 1
         self.size_buffers(proto, self.small_buffer)
         if self.quotas is not None:
-            proto.quota = self.quotas.join(proto)
+            self.quotas.join(proto)
         return None
 
     def size_buffers(self, proto: ChatProtocol, size: int) -> None:

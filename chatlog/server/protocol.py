@@ -97,6 +97,10 @@ class ChatProtocol(TwistedProtocol):
 
     transport: Any
     factory: ChatFactory
+    #: The address's quota (chatlog.server.quota), set at admission when there
+    #: is one.  A class default, not set in __init__: past 30 attributes
+    #: CPython 3.11 gives each instance a dict of its own (+1.3 KB a connection).
+    quota: AddressQuota | None = None
 
     def __init__(self, factory: ChatFactory) -> None:
         self.factory = factory
@@ -128,10 +132,6 @@ class ChatProtocol(TwistedProtocol):
         # it; the most it reads at once (ChatFactory.size_buffers).
         self.send_buffer_full, self.send_full_at = False, 0.0
         self.reading_paused, self.read_size = False, factory.small_buffer
-        # Per-client quota (chatlog.server.quota): set at admission, None when
-        # off or exempt; throttled while the address is over it.
-        self.quota: AddressQuota | None = None
-        self.throttled = False
         self._closing: ServerClose | None = None  # a close the server decided
 
     @property
@@ -408,14 +408,14 @@ class ChatProtocol(TwistedProtocol):
 
     def throttle(self, paused: bool) -> None:
         """The address is over its quota: stop reading (lines read are still answered); or read."""
-        self.throttled = paused
         if not paused:
             # A throttled client's lumps are its reads: small ones keep its rate smooth.
             self.factory.size_buffers(self, self.factory.small_buffer)
         self._update_reading()
 
     def _update_reading(self) -> None:
-        paused = self.send_buffer_full or self._backlogged or self.throttled
+        quota = self.quota
+        paused = self.send_buffer_full or self._backlogged or (quota is not None and quota.paused)
         if paused != self.reading_paused and self.reading:
             self.reading_paused = paused
             if paused:

@@ -272,7 +272,7 @@ class Quotas:
         return any(address in network for network in self.exempt)
 
     def join(self, proto: ChatProtocol) -> AddressQuota | None:
-        """``proto`` is admitted: its address's quota (None if exempt); paused with the address."""
+        """``proto`` is admitted: give it its address's quota (none if exempt); paused with it."""
         if self.is_exempt(proto.ip):
             return None
         now = self.clock.seconds()
@@ -282,6 +282,7 @@ class Quotas:
         if quota is None:
             quota = self.addresses[proto.ip] = AddressQuota(self, proto.ip, now)
         quota.conns.add(proto)
+        proto.quota = quota
         if quota.paused:
             proto.throttle(True)
         return quota

@@ -371,4 +371,17 @@ def test_quotas_off_cost_nothing_per_connection(clock: Clock) -> None:
     log = FakeLog()
     factory = ChatFactory(log, clock)
     proto, _ = connect(factory)
+    proto.dataReceived(b"x\n")
     assert proto.quota is None
+    # Past 30 attributes CPython 3.11 gives an instance a dict of its own:
+    # +1.3 KB a connection, which the 10,000-connection test counts.
+    assert "quota" not in vars(proto) and len(vars(proto)) <= 30
+
+
+def test_a_connection_with_a_quota_stays_within_30_attributes(clock: Clock) -> None:
+    """With quotas on, a connection carries one attribute more, still within the shared-key 30."""
+    log = FakeLog()
+    proto, _ = connect(make_factory(log, clock, "10"))
+    proto.dataReceived(lines(30))
+    log.flush()
+    assert proto.quota is not None and len(vars(proto)) <= 30
