@@ -9,7 +9,8 @@ json``: one run of each per round, their order rotated from round to round,
 so that a machine busy with something else spoils all three alike.  It
 prints every run, then per load and log the medians of throughput and
 p50/p99/p99.9, their ratios to the run without a log, and whether they are
-within the targets (percentiles at most 1.1x, throughput at least 0.95x).
+within the targets (p99 and p99.9 at most 1.1x, throughput at least 0.95x;
+p50 is shown, not judged).
 The machine's load average is printed before and after.
 
 The machine may be shared: before each run it waits (up to a minute) for
@@ -48,6 +49,8 @@ LOADS = {
 }
 LOGS = ("none", "event", "json")
 KEYS = ("p50", "p99", "p999")
+#: The percentiles the targets are about (the tail); p50 is shown, not judged.
+JUDGED = ("p99", "p999")
 #: The targets: percentiles at most this times the run without a log...
 PERCENTILE_LIMIT = 1.1
 #: ... and throughput at least this share of it.
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             m = _medians(results[(load, log)])
             ratios = {k: m[k] / base[k] for k in m}
             within = ratios["msgs"] >= THROUGHPUT_LIMIT and all(
-                ratios[k] <= PERCENTILE_LIMIT for k in KEYS
+                ratios[k] <= PERCENTILE_LIMIT for k in JUDGED
             )
             ok = ok and within
             print(
