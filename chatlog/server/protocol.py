@@ -260,7 +260,7 @@ class ChatProtocol(TwistedProtocol):
         now = self.clock.seconds()
         self._now = self.last_activity = now
         if self.quota is not None:
-            self.quota.take(data.count(_DELIMITER), len(data), now)
+            self.quota.take(data, now)
         if self._buffer:
             if self._backlogged:
                 # Read although reading is paused (TLS may still hand over

@@ -91,9 +91,9 @@ def test_a_burst_is_free_and_one_more_pauses(clock: Clock) -> None:
     proto = _Recorder()
     quota = quotas.join(proto)  # type: ignore[arg-type]
     assert quota is not None
-    quota.take(5, 0, clock.seconds())
+    quota.take(b"m\n" * 5, clock.seconds())
     assert proto.states == []
-    quota.take(1, 0, clock.seconds())
+    quota.take(b"m\n", clock.seconds())
     assert proto.states == [True]
     clock.advance(0.1 - 1e-6)
     assert proto.states == [True]
@@ -107,7 +107,7 @@ def test_a_debt_is_paid_by_a_longer_pause(clock: Clock) -> None:
     proto = _Recorder()
     quota = quotas.join(proto)  # type: ignore[arg-type]
     assert quota is not None
-    quota.take(30, 0, clock.seconds())
+    quota.take(b"m\n" * 30, clock.seconds())
     clock.advance(1.999)
     assert proto.states == [True]
     clock.advance(0.001)
@@ -124,7 +124,7 @@ def test_a_flooder_gets_exactly_its_rate_whatever_its_reads(clock: Clock, read: 
     taken = 0
     for _ in range(100_000):  # 10 s in steps of 0.1 ms
         if not proto.paused:
-            quota.take(read, 0, clock.seconds())
+            quota.take(b"m\n" * read, clock.seconds())
             taken += read
         clock.advance(0.0001)
     # The float clock's steps drift near 1.8e9 s: what passed is read off it.
@@ -140,7 +140,7 @@ def test_the_byte_limit_counts_bytes(clock: Clock) -> None:
     proto = _Recorder()
     quota = quotas.join(proto)  # type: ignore[arg-type]
     assert quota is not None
-    quota.take(1, 2000, clock.seconds())
+    quota.take(b"x" * 1999 + b"\n", clock.seconds())
     assert events[0]["reason"] == "bytes" and events[0]["limit"] == 1000
     clock.advance(0.999)
     assert proto.states == [True]
