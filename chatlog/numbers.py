@@ -5,11 +5,15 @@ option text into a number or refuses it with ``'abc' is not a whole number
 of at least 1``.  It works as a ``twisted.python.usage`` coercer (which wants
 a ``ValueError`` and reads ``coerceDoc`` for ``--help``) and as an
 ``argparse`` type (which prints an ``ArgumentTypeError``'s text as it is).
+``duration(0.0, "...")`` is the same for durations with units, as wrk and hey
+take them: ``30s``, ``2m``, ``500ms``, ``1m30s``; a plain number is seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -41,4 +45,39 @@ def number(
         return value
 
     coerce.coerceDoc = f"Must be {what}."  # type: ignore[attr-defined]
+    return coerce
+
+
+#: Seconds per unit of a duration.
+DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|h|m|s)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a plain number, or parts with units (``1m30s``, ``500ms``).
+
+    Raises ``ValueError`` for anything else.
+    """
+    stripped = text.strip()
+    try:
+        return float(stripped)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(stripped)
+    if not parts or "".join(number + unit for number, unit in parts) != stripped:
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
+
+
+def duration(minimum: float, what: str, *, above: bool = False) -> Callable[[str], float]:
+    """A checker for durations of at least ``minimum`` seconds (more than it, with ``above``)."""
+    check = number(parse_duration, minimum, what, above=above)
+
+    def coerce(text: str) -> float:
+        value = check(text)
+        if not math.isfinite(value):
+            raise NumberError(f"{text!r} is not {what}")
+        return value
+
+    coerce.coerceDoc = check.coerceDoc  # type: ignore[attr-defined]
     return coerce

@@ -12,12 +12,14 @@ rate a server takes within an SLO.  The pieces:
 - :mod:`chatlog.client.options`: the command line;
 - :mod:`chatlog.client.session`: the everyday conversation;
 - :mod:`chatlog.client.plan`: what a load run sends and expects;
-- :mod:`chatlog.client.load`: the load protocols, closed and open loop;
+- :mod:`chatlog.client.load` and :mod:`chatlog.client.loadconn`: load runs,
+  closed and open loop, and their connections;
 - :mod:`chatlog.client.schedule`: the open loop's schedule, and how late it was kept;
 - :mod:`chatlog.client.runner`: endpoints (TCP, TLS), connecting, progress bar;
 - :mod:`chatlog.client.procs`: ``--procs``, several processes, one histogram;
 - :mod:`chatlog.client.sweep`: ``--sweep``, steps of rising rate and a bisection;
 - :mod:`chatlog.client.stats`: the HdrHistogram and the summary;
+- :mod:`chatlog.client.display`: the header line, the progress bar, the summary's layout;
 - :mod:`chatlog.client.intervals`: ``--hlog`` and ``--interval``, interval by interval;
 - :mod:`chatlog.client.interrupt`: Ctrl-C ends a run with its partial figures;
 - :mod:`chatlog.client.clientlog` and :mod:`chatlog.client.logwriter`:
@@ -26,16 +28,18 @@ rate a server takes within an SLO.  The pieces:
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from twisted.internet.defer import Deferred
 
+from chatlog.client.display import header, terminal_width
 from chatlog.client.interrupt import Interrupts
 from chatlog.client.options import is_load, parse
 from chatlog.client.runner import ClientError
-from chatlog.client.stats import Summary
+from chatlog.client.stats import Summary, percentile_spectrum
 
 if TYPE_CHECKING:
     from chatlog.client.sweep import SweepResult
@@ -66,6 +70,10 @@ async def run(
             from chatlog.client.sweep import run_sweep
 
             return report_sweep(await run_sweep(reactor, options, interrupts), options, stdout)
+        if is_load(options) and not options.worker:
+            # As wrk's "Running 10s test @ ...": on stderr, so --json stays clean.
+            stderr.write(header(options) + "\n")
+            stderr.flush()
         if options.procs > 1:
             from chatlog.client.procs import run_procs
 
@@ -84,9 +92,15 @@ async def run(
         stderr.write(f"{PROG}: {error}\n")
         return 1
     if options.json:
-        stdout.write(summary.json_line() + "\n")
+        data = summary.to_json()
+        if options.percentiles:
+            data["percentile_distribution"] = percentile_spectrum(summary.histogram)
+        stdout.write(json.dumps(data) + "\n")
     elif is_load(options):
-        stdout.write(summary.text() + "\n")
+        stdout.write(summary.text(terminal_width(stdout)) + "\n")
+        if options.percentiles:
+            stdout.write("\nround trips, ms (hdrh's StdDeviation is in us):\n")
+            stdout.write(percentile_spectrum(summary.histogram))
     stdout.flush()
     if options.worker:
         return 0  # the parent reads the problems from the JSON and reports them

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from chatlog.latency import HIGHEST_US, LOWEST_US, SIGNIFICANT_DIGITS
 from chatlog.log import FORMATS
-from chatlog.numbers import number
+from chatlog.numbers import duration, number
 from chatlog.wire import REPLY_PREFIX
 
 #: A load run with neither --messages nor --duration lasts this long (as wrk does).
@@ -37,8 +37,9 @@ class UsageError(Exception):
 
 _positive_int = number(int, 1, "a whole number of at least 1")
 _port = number(int, 1, "a TCP port (1 to 65535)", maximum=65535)
-_seconds = number(float, 0.0, "a number of seconds above 0", above=True)
-_warmup = number(float, 0.0, "a number of seconds (0 or more)")
+#: Durations as wrk and hey take them: 30s, 2m, 500ms, 1m30s; a plain number is seconds.
+_seconds = duration(0.0, "a duration above 0 (like 30, 30s, 500ms, 2m)", above=True)
+_warmup = duration(0.0, "a duration of 0 or more (like 5, 5s, 500ms, 1m)")
 _rate = number(float, 0.0, "a rate in messages per second above 0", above=True)
 _ms = number(float, 0.0, "a number of milliseconds above 0", above=True)
 _count = number(int, 0, "a whole number (0 or more)")
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=10.0,
         metavar="S",
-        help="give up connecting, or waiting for a reply that does not come, after S seconds (default: %(default)s)",
+        help="give up connecting, or waiting for a reply that does not come, after S "
+        "(seconds, or with a unit: 500ms, 30s, 2m; default: %(default)s)",
     )
     load = parser.add_argument_group("load")
     load.add_argument(
@@ -101,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration",
         type=_seconds,
         metavar="S",
-        help=f"send for S seconds (default without --messages: {DEFAULT_DURATION:g})",
+        help="send for S (seconds, or with a unit: 500ms, 30s, 2m, 1m30s; "
+        f"default without --messages: {DEFAULT_DURATION:g})",
     )
     load.add_argument(
         "--size",
@@ -127,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup",
         type=_warmup,
         metavar="S",
-        help="run S seconds first without counting them "
+        help="run S first without counting it (seconds, or 500ms, 5s, 1m) "
         f"(default: 0; for each step of a sweep {DEFAULT_STEP_WARMUP:g})",
     )
     load.add_argument(
@@ -180,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the summary as one JSON object on stdout"
     )
     out.add_argument(
+        "--percentiles",
+        action="store_true",
+        help="after a load run's summary, the round trips' HdrHistogram percentile "
+        "spectrum in ms, as hdrh prints it (with --json: its text under "
+        '"percentile_distribution")',
+    )
+    out.add_argument(
         "--logfile",
         metavar="PATH",
         help="the client's own log of every message sent and reply received (appended)",
@@ -203,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval",
         type=_seconds,
         metavar="S",
-        help="print a line every S seconds on stderr: rate, p50, p99, errors",
+        help="print a line every S on stderr (seconds, or 500ms, 5s): rate, p50, p99, errors",
     )
     # What --procs passes to its workers; not for people.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -242,6 +252,8 @@ def check(options: argparse.Namespace) -> None:
             raise UsageError("a sweep's steps last --duration S each: not --messages")
         if options.rate is not None:
             raise UsageError("a sweep chooses its rates: give --rates or --rate-max, not --rate")
+        if options.percentiles:
+            raise UsageError("--percentiles is for load runs; a sweep's --hlog has every step")
         if options.duration is None:
             options.duration = DEFAULT_STEP_DURATION
         if options.warmup is None:
@@ -251,6 +263,8 @@ def check(options: argparse.Namespace) -> None:
         if options.bisect is None:
             options.bisect = DEFAULT_BISECT
     else:
+        if options.percentiles and not is_load(options):
+            raise UsageError("--percentiles is for load runs")
         for name, flag in _SWEEP_ONLY.items():
             if getattr(options, name) is not None:
                 raise UsageError(f"{flag} is for --sweep")

@@ -24,11 +24,14 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 import chatlog
+from chatlog.client.display import ProgressBar
 from chatlog.client.interrupt import Interrupts
 from chatlog.client.intervals import Interval, IntervalMerger
+from chatlog.client.load import TICK
 from chatlog.client.runner import HLOG_INTERVAL, ClientError, interval_sinks, open_hlog
 from chatlog.client.stats import Summary
 from chatlog.latency import HlogWriter
@@ -40,8 +43,17 @@ def shares(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def worker_argv(options: argparse.Namespace, connections: int, offset: int) -> list[str]:
-    """The command line of one worker: the same load, its share of it."""
+#: --procs' progress bar without --interval or --hlog: workers report this often.
+PROGRESS_INTERVAL = 0.5
+
+
+def worker_argv(
+    options: argparse.Namespace, connections: int, offset: int, progress: bool = False
+) -> list[str]:
+    """The command line of one worker: the same load, its share of it.
+
+    ``progress``: the parent draws a bar, from intervals the workers report.
+    """
     args = [
         "--worker",
         "--json",
@@ -64,9 +76,10 @@ def worker_argv(options: argparse.Namespace, connections: int, offset: int) -> l
         "--expect",
         os.fsdecode(options.expect),
     ]
-    if options.hlog or options.interval:
+    if options.hlog or options.interval or progress:
         # The parent merges the workers' intervals: each worker reports its own.
-        args += ["--interval", repr(options.interval or HLOG_INTERVAL)]
+        every = options.interval or (HLOG_INTERVAL if options.hlog else PROGRESS_INTERVAL)
+        args += ["--interval", repr(every)]
     if options.messages is not None:
         args += ["--messages", str(options.messages)]
     if options.duration is not None:
@@ -150,6 +163,46 @@ class Worker(ProcessProtocol):
         return Summary.from_json(data)
 
 
+class ProcsProgress:
+    """``--procs`` on a terminal: the progress bar, fed by the workers' merged intervals."""
+
+    def __init__(self, reactor: Any, options: argparse.Namespace) -> None:
+        self.reactor = reactor
+        self.options = options
+        self.done = 0
+        self.intervals = 0
+        self.started = 0.0
+        self.bar: ProgressBar | None = None
+        self.loop: LoopingCall | None = None
+
+    def add(self, interval: Interval) -> None:
+        """An interval sink: its replies are done."""
+        self.intervals += 1
+        self.done += interval.histogram.get_total_count()
+
+    def start(self) -> None:
+        """The workers were told to go: the clock (warmup included) starts."""
+        self.started = self.reactor.seconds()
+        self.bar = ProgressBar.for_options(self.options)
+        self.loop = LoopingCall(self.tick)
+        self.loop.clock = self.reactor
+        self.loop.start(TICK)
+
+    def tick(self) -> None:
+        if self.bar is not None:
+            elapsed = self.reactor.seconds() - self.started
+            # The workers report intervals of the measured window only: none yet, still warming.
+            warming = bool(self.options.warmup) and not self.intervals
+            self.bar.show(elapsed, self.done, warming)
+
+    def stop(self) -> None:
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
 async def run_procs(
     reactor: Any,
     options: argparse.Namespace,
@@ -172,6 +225,10 @@ async def run_procs(
     if own_hlog:
         hlog = open_hlog(options, mode="load", offered=options.rate)
     sinks = interval_sinks(options, hlog, label)
+    progress = None
+    if sys.stderr.isatty() and not options.worker and not options.interval:
+        progress = ProcsProgress(reactor, options)
+        sinks.append(progress.add)
     merger = IntervalMerger(options.procs, sinks) if sinks else None
     workers: list[Worker] = []
 
@@ -184,7 +241,12 @@ async def run_procs(
         offset = options.conn_offset
         for index, count in enumerate(shares(options.connections, options.procs), 1):
             worker = Worker(index, Deferred(), merger)
-            argv = [sys.executable, "-m", "chatlog.client", *worker_argv(options, count, offset)]
+            argv = [
+                sys.executable,
+                "-m",
+                "chatlog.client",
+                *worker_argv(options, count, offset, progress=progress is not None),
+            ]
             # stdout is read (ready, intervals, the JSON summary); stderr is the user's.
             reactor.spawnProcess(
                 worker, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: 2}
@@ -209,10 +271,14 @@ async def run_procs(
             else:
                 for worker in workers:
                     worker.go()
+                if progress is not None:
+                    progress.start()
                 await gatherResults([w.ended for w in workers])
         if merger is not None:
             merger.flush()
     finally:
+        if progress is not None:
+            progress.stop()
         if own_hlog and hlog is not None:
             hlog.close()
     if interrupts.requested:

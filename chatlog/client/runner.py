@@ -3,7 +3,8 @@
 The protocols know nothing of sockets; this module resolves the server once,
 builds the endpoint every connection uses, connects them all before the
 clock starts (so setting up 1000 connections is not measured as latency),
-shows a progress bar when stderr is a terminal, and reports.
+shows a progress bar (:mod:`chatlog.client.display`) when stderr is a terminal,
+and reports.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from zope.interface import implementer
 
 from chatlog._fastpath import client_reactor
 from chatlog.client.clientlog import ClientLog
+from chatlog.client.display import ProgressBar
 from chatlog.client.interrupt import Interrupts
 from chatlog.client.intervals import IntervalClock, Sink, hlog_sink, live_sink, worker_sink
 from chatlog.client.load import LoadPlan, LoadRun
@@ -206,52 +208,6 @@ def wait_for_go(reactor: Any) -> Deferred[None]:
     return go
 
 
-class ProgressBar:
-    """A rich progress bar on stderr, updated on the run's ticks."""
-
-    def __init__(self, plan: LoadPlan) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.plan = plan
-        self.by_time = plan.messages is None
-        self.progress = Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[done]} msgs  {task.fields[rate]} msgs/s"),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        total = (
-            plan.warmup + (plan.duration or 0.0)
-            if self.by_time
-            else float(plan.messages or 0) * plan.connections
-        )
-        self.task = self.progress.add_task("load", total=total, done=0, rate="-")
-        self.progress.start()
-        self._last = (0, 0)
-
-    def update(self, run: LoadRun) -> None:
-        done = run.completed()
-        now = run.now_ns()
-        last_done, last_ns = self._last
-        rate = (done - last_done) / ((now - last_ns) / 1e9) if last_ns else 0.0
-        self._last = (done, now)
-        completed = (now - run.start_ns) / 1e9 if self.by_time else done
-        warming = now < run.measure_from
-        self.progress.update(
-            self.task,
-            completed=completed,
-            done=done,
-            rate=f"{rate:,.0f}",
-            description="warmup" if warming else "load",
-        )
-
-    def stop(self) -> None:
-        self.progress.stop()
-
-
 def open_log(options: argparse.Namespace, ip: str, background: bool = False) -> ClientLog | None:
     """``--logfile``: load runs write it from a writer process, the conversation in place."""
     if not options.logfile:
@@ -342,7 +298,7 @@ async def run_load(
                         proto.transport.abortConnection()
             else:
                 if sys.stderr.isatty() and not options.worker and not options.interval:
-                    bar = ProgressBar(plan)
+                    bar = ProgressBar.for_options(options)
                     run.on_tick = bar.update
                 await run.start()
     finally:

@@ -1,8 +1,9 @@
 """Everyday use: send lines one at a time, print each reply and its round trip.
 
 The lines come from the command line, from standard input when it is a pipe
-or a file, or from a prompt when it is a terminal.  Each line is sent once
-the previous reply is in, so every round trip is that of one message alone.
+or a file, or from a prompt when it is a terminal (:mod:`chatlog.client.prompt`:
+line editing and history).  Each line is sent once the previous reply is in,
+so every round trip is that of one message alone.
 Connecting and each reply's wait are bounded by ``--timeout``; waiting for
 the next line of input is not (a person may be thinking, a pipe may be slow).
 Ctrl-C ends the conversation where it is: a reply still awaited is counted
@@ -28,6 +29,7 @@ from twisted.python.failure import Failure
 from chatlog.client.clientlog import REPLY_LINE, SENT_LINE, ClientLog
 from chatlog.client.interrupt import Interrupts
 from chatlog.client.plan import why_lost
+from chatlog.client.prompt import Prompt
 from chatlog.client.runner import (
     ClientError,
     LineReader,
@@ -225,16 +227,22 @@ async def converse(
             interactive = not options.message and stdin.isatty()
             queue: DeferredQueue[bytes | None] = DeferredQueue()
             reader: LineReader | None = None
+            prompt: Prompt | None = None
             if options.message:
                 for argument in argument_lines(options.message):
                     queue.put(argument)
                 queue.put(None)
+            elif interactive and stdin is sys.stdin and os.isatty(stdin.fileno()):
+                # The terminal itself: readline's editing and history.
+                prompt = Prompt(reactor, queue.put, lambda: queue.put(None))
             else:
                 reader = LineReader(reactor, stdin.fileno(), queue.put, lambda: queue.put(None))
                 reader.start()
             try:
                 while True:
-                    if interactive:
+                    if prompt is not None:
+                        prompt.next_line()
+                    elif interactive:
                         stdout.write("> ")
                         stdout.flush()
                     got: Deferred[bytes | None] = queue.get()
@@ -268,6 +276,8 @@ async def converse(
             finally:
                 if reader is not None:
                     reader.stop()
+                if prompt is not None:
+                    prompt.stop()
                 if interactive:
                     stdout.write("\n")
             proto.transport.loseConnection()

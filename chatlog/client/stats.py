@@ -21,6 +21,7 @@ run whose limit was the client says so.
 
 from __future__ import annotations
 
+import io
 import json
 import resource
 from collections import Counter
@@ -30,6 +31,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from chatlog import latency
+from chatlog.client.display import field_lines
 from chatlog.latency import add_into, new_histogram
 
 #: A client process busier than this (share of one core) is taken to be the limit.
@@ -82,6 +84,28 @@ class Recorder:
         return self.histogram
 
 
+#: The kinds of error a summary counts, as ``--json`` names them and the text shows them.
+ERROR_KINDS = {
+    "refused": "refused",  # connections the server refused (ERROR server busy...)
+    "timeout": "timeout",  # messages without a reply within --timeout
+    "error_reply": "error reply",  # replies that were not the expected one
+    "dropped": "dropped",  # messages in flight (or due) on a connection that was lost
+}
+
+
+def error_kinds(**counts: int) -> dict[str, int]:
+    """Every kind of :data:`ERROR_KINDS`, 0 where not given."""
+    return {kind: counts.get(kind, 0) for kind in ERROR_KINDS}
+
+
+def percentile_spectrum(histogram: HdrHistogram) -> str:
+    """The standard HdrHistogram percentile distribution, in ms, as ``hdrh`` prints it."""
+    out = io.BytesIO()
+    # Recorded in µs: a scaling ratio of 1000 prints ms (hdrh leaves StdDeviation in µs).
+    histogram.output_percentile_distribution(out, 1000)
+    return out.getvalue().decode("ascii")
+
+
 def late_ms(histogram: HdrHistogram | None) -> dict[str, float | None] | None:
     """p50, p99 and max of send lateness in ms; None for a run without a schedule."""
     if histogram is None:
@@ -104,6 +128,8 @@ class Summary:
     problems: list[str] = field(default_factory=list)
     #: Connections the server refused (``ERROR server busy`` and the like).
     refused: int = 0
+    #: The errors by kind (:data:`ERROR_KINDS`), refused connections included.
+    by_kind: dict[str, int] = field(default_factory=error_kinds)
     #: Messages in flight when the run was interrupted: not errors, not answered.
     unanswered: int = 0
     interrupted: bool = False
@@ -153,6 +179,7 @@ class Summary:
             "procs": self.procs,
             "problems": self.problems,
             "refused": self.refused,
+            "errors_by_kind": dict(self.by_kind),
             "unanswered": self.unanswered,
             "interrupted": self.interrupted,
             "offered_msgs_per_s": self.offered,
@@ -179,6 +206,7 @@ class Summary:
             procs=data.get("procs", 1),
             problems=list(data.get("problems", [])),
             refused=data.get("refused", 0),
+            by_kind=error_kinds(**data.get("errors_by_kind", {})),
             unanswered=data.get("unanswered", 0),
             interrupted=data.get("interrupted", False),
             offered=data.get("offered_msgs_per_s"),
@@ -210,6 +238,7 @@ class Summary:
             procs=sum(p.procs for p in parts),
             problems=[q for p in parts for q in p.problems],
             refused=sum(p.refused for p in parts),
+            by_kind={kind: sum(p.by_kind.get(kind, 0) for p in parts) for kind in ERROR_KINDS},
             unanswered=sum(p.unanswered for p in parts),
             interrupted=any(p.interrupted for p in parts),
             offered=sum(offered) if offered else None,
@@ -221,42 +250,63 @@ class Summary:
     def json_line(self) -> str:
         return json.dumps(self.to_json())
 
-    def text(self) -> str:
+    def text(self, width: int | None = None) -> str:
+        """A few labelled lines; with ``width``, each broken between fields to fit it."""
         rtt = self.rtt_ms()
-        counts = (
-            f"messages    {self.messages}  errors {self.errors}  connections {self.connections}"
-        )
+        counts = [str(self.messages), f"errors {self.errors}", f"connections {self.connections}"]
         if self.procs > 1:
-            counts += f"  processes {self.procs}"
-        if self.refused:
-            counts += f"  refused {self.refused}"
+            counts.append(f"processes {self.procs}")
         if self.unanswered:
-            counts += f"  unanswered {self.unanswered}"
+            counts.append(f"unanswered {self.unanswered}")
         lines = [
-            counts,
-            f"duration    {self.duration_s:.3f} s  throughput {self.throughput:.1f} msgs/s"
-            f"  client CPU {self.cpu_s:.2f} s",
+            ("messages", counts),
+            (
+                "duration",
+                [
+                    f"{self.duration_s:.3f} s",
+                    f"throughput {self.throughput:.1f} msgs/s",
+                    f"client CPU {self.cpu_s:.2f} s",
+                ],
+            ),
         ]
+        if self.errors or self.refused or any(self.by_kind.values()):
+            kinds = dict(self.by_kind, refused=self.refused)
+            lines.append(
+                ("errors", [f"{label} {kinds[kind]}" for kind, label in ERROR_KINDS.items()])
+            )
         if rtt["min"] is None:
-            lines.append("rtt ms      (no replies)")
+            lines.append(("rtt ms", ["(no replies)"]))
         else:
-            lines.append("rtt ms      " + rtt_text(rtt))
+            lines.append(("rtt ms", rtt_text(rtt).split("  ")))
         late = late_ms(self.late)
         if late is not None and late["p99"] is not None:
             lines.append(
-                f"schedule    {self.offered or 0:.1f} msgs/s offered, sent late ms"
-                f"  p50 {late['p50']:.3f}  p99 {late['p99']:.3f}  max {late['max']:.3f}"
+                (
+                    "schedule",
+                    [
+                        f"{self.offered or 0:.1f} msgs/s offered, sent late ms",
+                        f"p50 {late['p50']:.3f}",
+                        f"p99 {late['p99']:.3f}",
+                        f"max {late['max']:.3f}",
+                    ],
+                )
             )
         limits = self.client_limits()
         if limits:
             lines.append(
-                "client      the client, not the server, was the limit ("
-                + ", ".join(limits)
-                + "): more --procs"
+                (
+                    "client",
+                    [
+                        "the client, not the server, was the limit ("
+                        + ", ".join(limits)
+                        + "): more --procs"
+                    ],
+                )
             )
+        text = [row for label, fields in lines for row in field_lines(label, fields, width)]
         if self.interrupted:
-            lines.append("interrupted (partial figures)")
-        return "\n".join(lines)
+            text.append("interrupted (partial figures)")
+        return "\n".join(text)
 
 
 def rtt_text(rtt: dict[str, float | None]) -> str:

@@ -24,6 +24,7 @@ from hdrh.log import HistogramLogReader
 
 from chatlog import latency
 from chatlog.client.load import MESSAGE_ID
+from tests.e2e.test_client import without_header
 from tests.support.twistd import ROOT, server_env
 
 pytestmark = pytest.mark.e2e
@@ -73,7 +74,7 @@ def test_hlog_reads_back_as_the_json_says(chatlog_server: Any, tmp_path: Path, p
     assert intervals >= 4  # 0.5 s each over 1.6 s, and the last, shorter one
     assert total.get_total_count() == data["messages"] == 3200
     assert latency.rtt_ms(total) == data["rtt_ms"]
-    lines = done.stderr.decode().splitlines()
+    lines = without_header(done.stderr).decode().splitlines()
     assert len(lines) == intervals and all(LIVE_LINE.match(line) for line in lines), lines
 
 
@@ -87,7 +88,7 @@ def test_refused_connections_are_counted_once(chatlog_server: Any) -> None:
     data = json.loads(done.stdout)
     assert (data["refused"], data["errors"]) == (3, 0)
     assert data["messages"] > 0
-    assert done.stderr.decode() == (
+    assert without_header(done.stderr).decode() == (
         f"chatlog.client: 127.0.0.1:{server.port}: "
         "3 connections refused by the server: ERROR server busy\n"
     )
@@ -124,7 +125,7 @@ def test_ctrl_c_ends_a_load_run_with_its_partial_summary(chatlog_server: Any, pr
     assert (data["errors"], data["procs"]) == (0, int(procs))
     assert 0 <= data["unanswered"] <= 8
     assert not any("lost" in problem for problem in data["problems"])
-    assert err.decode().startswith("chatlog.client: interrupted")
+    assert without_header(err).decode().startswith("chatlog.client: interrupted")
     assert b"lost" not in err
 
 

@@ -535,5 +535,7 @@ def test_load_run_connect_timeout_names_the_timeout() -> None:
     reactor.advance(3)
     assert status.result == 1
     assert stderr.getvalue() == (
+        "Running 1 message per connection @ 127.0.0.1:5000: 2 connections, closed loop"
+        " (pipeline 1)\n"
         "chatlog.client: cannot connect to 127.0.0.1:5000: timed out after 3 s (--timeout)\n"
     )

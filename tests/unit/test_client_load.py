@@ -102,7 +102,10 @@ def test_interrupted_load_run_exits_130_with_its_partial_summary() -> None:
     assert status.result == 130
     assert '"interrupted": true' in stdout.getvalue()
     assert '"unanswered": 1' in stdout.getvalue()
-    assert stderr.getvalue() == "chatlog.client: interrupted: 1 unanswered\n"
+    assert stderr.getvalue() == (
+        "Running 30 s @ 127.0.0.1:5000: 1 connection, closed loop (pipeline 1)\n"
+        "chatlog.client: interrupted: 1 unanswered\n"
+    )
 
 
 def test_expect_sets_what_a_reply_is() -> None:
