@@ -119,7 +119,7 @@ def test_procs_draw_a_progress_bar(chatlog_server: Any) -> None:
     """--procs on a terminal: a progress bar fed by the workers, as one process has."""
     server = chatlog_server()
     status, stdout, shown = run_on_a_terminal(
-        ["--port", str(server.port), "--connections", "2", "--procs", "2", "--duration", "2s"]
+        ["--port", str(server.port), "--connections", "2", "--procs", "2", "--duration", "2"]
     )
     assert status == 0, shown
     assert re.search(rb"load .* [\d,]+ msgs  [\d,]+ msgs/s", ANSI.sub(b"", shown)), shown
@@ -132,7 +132,7 @@ def test_warmup_says_warming_up(chatlog_server: Any, procs: str) -> None:
     server = chatlog_server()
     status, _, shown = run_on_a_terminal(
         ["--port", str(server.port), "--connections", "2", "--procs", procs]
-        + ["--warmup", "1500ms", "--duration", "1s"]
+        + ["--warmup", "1.5", "--duration", "1"]
     )
     assert status == 0, shown
     text = ANSI.sub(b"", shown)
@@ -147,7 +147,7 @@ def test_summary_fits_a_60_column_terminal(chatlog_server: Any) -> None:
     shown = bytearray()
     try:
         proc = spawn(
-            ["--port", str(server.port), "--connections", "2", "--duration", "1s"],
+            ["--port", str(server.port), "--connections", "2", "--duration", "1"],
             stdin=subprocess.DEVNULL,
             stdout=secondary,
             stderr=subprocess.PIPE,
@@ -172,7 +172,7 @@ def test_summary_fits_a_60_column_terminal(chatlog_server: Any) -> None:
 def test_header_on_stderr_json_alone_on_stdout(chatlog_server: Any) -> None:
     """A load run says what it runs on stderr; --json stays one object on stdout."""
     server = chatlog_server()
-    result = client("--port", str(server.port), "--connections", "2", "--duration", "500ms")
+    result = client("--port", str(server.port), "--connections", "2", "--duration", "0.5")
     assert result.returncode == 0, result.stderr
     assert result.stderr.decode() == (
         f"Running 0.5 s @ 127.0.0.1:{server.port}: 2 connections, closed loop (pipeline 1)\n"
