@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatlog.log import escape_text, unescape_text
+from chatlog.log import escape_text, make_formatter, unescape_text
 from chatlog.log.escaping import TEXT_SAFE, escape_reference, is_plain, unescape
 
 # Every class of hostile byte the log format names, each with what it must become.
@@ -110,6 +110,31 @@ def test_fast_paths_keep_exactly_what_the_reference_leaves_unchanged(raw: bytes)
 def test_one_check_of_joined_lines_answers_for_each(lines: list[bytes]) -> None:
     """The formatters check a read's lines joined: plain together exactly when each is plain."""
     assert is_plain(b"".join(lines)) == all(map(is_plain, lines))
+
+
+#: Lines of a read as the formatters may be handed them: any line, plain ones
+#: (which the one check must pass), and ones that start with "[" (which the
+#: dash format escapes) or hold a newline (which no read's line does, but a
+#: formatter must still escape).
+READ_LINE = st.one_of(
+    ANY_LINE,
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=64).map(str.encode),
+    st.sampled_from([b"[", b"[Connection] #1 x", b"a\nb", b"\n", b"", b"\\"]),
+)
+
+
+@settings(max_examples=400)
+@given(st.sampled_from(["event", "dash"]), st.lists(READ_LINE, min_size=1, max_size=8))
+def test_a_reads_records_are_each_lines_record_whatever_the_lines(
+    fmt: str, lines: list[bytes]
+) -> None:
+    """The one-check path of a read's records writes exactly what one record per line writes."""
+    fields = {"event": "message", "time": 1795332945.25, "ip": "::1", "port": 4, "conn": 3}
+    batched = make_formatter(fmt, utc=True).messages({**fields, "seq": 7}, lines)
+    single = make_formatter(fmt, utc=True)
+    each = [single({**fields, "seq": seq, "msg": line}) for seq, line in enumerate(lines, 7)]
+    assert batched == b"".join(each)
+    assert batched.count(b"\n") == len(lines)
 
 
 @given(st.binary(max_size=200))
