@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup",
         type=_warmup,
         metavar="S",
-        help="run S first without counting it (seconds, or 500ms, 5s, 1m) "
-        f"(default: 0; for each step of a sweep {DEFAULT_STEP_WARMUP:g})",
+        help="run S first without counting it (seconds, or 500ms, 5s, 1m; "
+        f"default: 0; for each step of a sweep {DEFAULT_STEP_WARMUP:g})",
     )
     load.add_argument(
         "--procs",
