@@ -122,6 +122,7 @@ def summarize(
             "rejected": dict(server.rejected),
             "log_error": server.log_errors,
             "log_reopen": server.log_reopens,
+            "throttled": _throttled(server.throttles, top),
         },
         "server_runs": {
             "starts": server.starts,
@@ -131,6 +132,19 @@ def summarize(
         "client": _client_summary(client, readers, utc),
         "unparsed": _unparsed(readers),
         "torn": sum(reader.torn for reader in readers),
+    }
+
+
+def _throttled(throttles: dict[str, Any], top: int) -> dict[str, Any]:
+    """Throttle episodes by reason, their time, and the addresses most often throttled."""
+    addresses: Counter[str] = throttles["addresses"]
+    return {
+        "events": dict(throttles["events"]),
+        "seconds": throttles["seconds"],
+        "paused_seconds": throttles["paused_seconds"],
+        "held": throttles["held"],
+        "addresses": len(addresses),
+        "by_address": [{"address": a, "episodes": n} for a, n in addresses.most_common(top)],
     }
 
 

@@ -130,3 +130,26 @@ def test_the_page_says_p99_9_as_the_client_does(tmp_path: Path) -> None:
     assert report.main([str(server), str(client), "-o", str(out)]) == 0
     page = (out / "report.html").read_text()
     assert "<th>p99.9</th>" in page and "<th>p999</th>" not in page
+
+
+@pytest.mark.parametrize("fmt", ["event", "dash", "json"])
+def test_throttle_episodes_are_in_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    run = synthetic_run(1, 2)
+    when = run[1]["time"]
+    episode = {"event": "throttled", "address": "10.0.0.1", "reason": "rate"}
+    run[2:2] = [
+        {**episode, "time": when, "state": "paused", "limit": 1000, "burst": 2000},
+        {**episode, "time": when + 0.01, "state": "released", "seconds": 9.5, "paused": 8.25,
+         "held": 9000},
+    ]  # fmt: skip
+    log = write_events(tmp_path / "server.log", fmt, run)
+    out = tmp_path / "out"
+    assert report.main([str(log), "-o", str(out)]) == 0
+    throttled = json.loads((out / "summary.json").read_text())["limits"]["throttled"]
+    assert throttled == {
+        "events": {"rate": 1}, "seconds": 9.5, "paused_seconds": 8.25, "held": 9000,
+        "addresses": 1, "by_address": [{"address": "10.0.0.1", "episodes": 1}],
+    }  # fmt: skip
+    assert "throttled s / not read s / held back" in capsys.readouterr().out
