@@ -192,6 +192,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     wanted, connections, pipelined, rates = DEFAULTS[args.mode]
     if args.mode == "sizes":
         wanted = sizes.default_servers(args.formats or sizes.DEFAULT_FORMATS)
+    #: Whether the servers were named on the command line (a missing one is an error then).
+    args.servers_named = args.servers is not None
     args.servers = wanted if args.servers is None else args.servers
     args.connections = connections if args.connections is None else args.connections
     args.pipelined = pipelined if args.pipelined is None else args.pipelined
@@ -223,7 +225,11 @@ def plan(args: argparse.Namespace) -> list[tuple[servers.ServerSpec, Load]]:
     points = []
     for name in wanted:
         spec = specs[name]
-        if not servers.available(spec):
+        missing = servers.missing(spec)
+        if missing is not None:
+            if getattr(args, "servers_named", False):
+                raise SystemExit(f"chatlog.bench: cannot run {name}: {missing}")
+            print(f"chatlog.bench: skipped {name}: {missing}", file=sys.stderr)
             continue
         if spec.name.startswith("chatlog-fsync"):
             points += [(spec, Load("closed", n)) for n in args.fsync_connections]
@@ -275,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         args.max_attempts,
     )
     points = plan(args)
+    if not points:
+        # Never overwrite earlier results with an empty run.
+        raise SystemExit("chatlog.bench: nothing to run (see the lines above)")
     binaries = {"loadgen": build.build("loadgen")}
     if any(spec.name == "c-epoll" for spec, _ in points):
         binaries["epoll_reply"] = build.build("epoll_reply")

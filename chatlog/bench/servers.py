@@ -121,11 +121,16 @@ PEERS = [
 ]
 
 
+def missing(spec: ServerSpec) -> str | None:
+    """Why ``spec`` cannot run here (None: it can).  uvloop is optional: the bench extra."""
+    if spec.name == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        return "uvloop is not installed (pip install '.[bench]')"
+    return None
+
+
 def available(spec: ServerSpec) -> bool:
-    """uvloop is optional: its peer runs only where it is installed."""
-    if spec.name == "uvloop":
-        return importlib.util.find_spec("uvloop") is not None
-    return True
+    """Whether ``spec`` can run here (see :func:`missing`)."""
+    return missing(spec) is None
 
 
 def all_servers() -> list[ServerSpec]:

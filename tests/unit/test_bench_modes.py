@@ -158,3 +158,32 @@ def test_a_servers_processes_are_it_and_its_children(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
         os.kill(child, signal.SIGKILL)
+
+
+def no_uvloop(spec: servers.ServerSpec) -> str | None:
+    return "uvloop is not installed (pip install '.[bench]')" if spec.name == "uvloop" else None
+
+
+def test_a_server_that_cannot_run_is_said_never_dropped_silently(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without the bench extra: a default run says it skipped uvloop; naming it is an error."""
+    monkeypatch.setattr(servers, "missing", no_uvloop)
+    names = {spec.name for spec, _ in bench_main.plan(bench_main.parse_args([]))}
+    assert "uvloop" not in names and "chatlog" in names
+    assert capsys.readouterr().err == (
+        "chatlog.bench: skipped uvloop: uvloop is not installed (pip install '.[bench]')\n"
+    )
+    with pytest.raises(SystemExit, match=r"cannot run uvloop: uvloop is not installed"):
+        bench_main.plan(bench_main.parse_args(["--servers", "chatlog,uvloop"]))
+
+
+def test_an_empty_run_keeps_the_earlier_results(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(servers, "missing", no_uvloop)
+    results = tmp_path / "bench-results.json"
+    results.write_text('[{"server": "chatlog"}]\n')
+    with pytest.raises(SystemExit):
+        bench_main.main(["--servers", "uvloop", "--json", str(results), "--quick"])
+    assert results.read_text() == '[{"server": "chatlog"}]\n'
