@@ -15,6 +15,7 @@ never installs one.
 from __future__ import annotations
 
 import os
+import platform
 import re
 import sys
 from typing import Any, cast
@@ -24,6 +25,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 
+import chatlog
+import twisted
 from chatlog.log import FORMATS, LogWriter, make_formatter
 from chatlog.numbers import number
 from chatlog.server.factory import ChatFactory
@@ -158,6 +161,13 @@ class ChatlogOptions(usage.Options):
             self["rate-exempt"].append(parse_network(network))
         except ValueError as error:
             raise usage.UsageError(f"--rate-exempt {network!r}: {error}") from None
+
+    def opt_version(self) -> None:
+        """Print chatlog's version (and Twisted's and Python's) and exit."""
+        print(
+            f"chatlog {chatlog.__version__} (Twisted {twisted.__version__}, Python {platform.python_version()})"
+        )
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
         self["port"] = endpoint_description(self["port"])

@@ -453,3 +453,19 @@ def test_the_guard_starts_no_port_that_stopped_listening(monkeypatch: pytest.Mon
     port.disconnecting = True  # stopListening
     proto.connectionLost(Failure(ConnectionDone()))
     assert not port.reading
+
+
+@pytest.mark.e2e
+def test_version_is_chatlogs(tmp_path: Path) -> None:
+    """``twistd chatlog --version`` prints chatlog's version (twistd's own --version is Twisted's)."""
+    import platform
+
+    import chatlog
+    import twisted
+
+    result = run_twistd(tmp_path, "chatlog", "--version")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == (
+        f"chatlog {chatlog.__version__} (Twisted {twisted.__version__}, "
+        f"Python {platform.python_version()})\n"
+    )
