@@ -266,3 +266,16 @@ def test_a_short_size_target_is_the_exit_status_with_check(
         captured.err
     )
     assert bench(*argv, factor=0.8) == 0
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_a_quick_runs_plot_says_so(
+    bench: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, quick: bool
+) -> None:
+    """A --quick run is a smoke test: its plot's title says its figures are not to be quoted."""
+    titles: list[str] = []
+    monkeypatch.setattr(bench_main.output, "plot", lambda rows, path, title: titles.append(title))
+    argv = ["--servers", "chatlog", "--connections", "1", "--pipelined", "", "--rates", ""]
+    assert bench(*argv, *(["--quick"] if quick else []), "--plot", str(tmp_path / "p.png")) == 0
+    assert len(titles) == 1
+    assert ("QUICK run" in titles[0]) == quick
