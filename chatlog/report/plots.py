@@ -47,26 +47,8 @@ def plot_messages(report: Report, path: Path) -> Path | None:
         ("client: replies received", per_second(report.client.reply_rate), _CLIENT_STYLE),
     ]
     series = [entry for entry in series if entry[1]]
-    if not series:
-        return None
-    base = _base_second(report)
-    last = max(max(counts) for _, counts, _ in series)
-    fig, ax = _figure()
-    width = 1
-    for label, counts, style in series:
-        first = min(counts)
-        xs, ys, width = _binned(counts, first, last)
-        _step(ax, xs + (first - base), ys, width, label=label, **style)
     mean = report.summary["messages"]["per_s"]["mean"]
-    if mean:
-        ax.axhline(mean, linestyle="--", color="grey", label=f"server mean {mean:,.0f}/s")
-    per = "per second" if width == 1 else f"per second (mean over {width} s)"
-    ax.set_title(f"Messages {per}")
-    ax.set_ylabel("messages / s")
-    ax.set_ylim(bottom=0)
-    _time_axis(ax, base, report.utc)
-    ax.legend(loc="best")
-    return _save(fig, path)
+    return _plot_rates(report, path, series, "Messages {per}", mean)
 
 
 _SERVER_STYLE: dict[str, Any] = {"linewidth": 4, "alpha": 0.45}
@@ -97,23 +79,37 @@ def plot_nodes(report: Report, path: Path) -> Path | None:
     """A fleet: each node's clients' messages per second over time (health checks left out)."""
     if not report.summary.get("nodes") or report.nodes is None:
         return None
-    series = [
-        (name, figures.per_second)
+    series: list[tuple[str, dict[int, float], dict[str, Any]]] = [
+        (name, {second: float(n) for second, n in figures.per_second.items()}, {})
         for name, figures in sorted(report.nodes.nodes.items())
         if figures.per_second
     ]
+    return _plot_rates(report, path, series, "Messages {per}, node by node")
+
+
+def _plot_rates(
+    report: Report,
+    path: Path,
+    series: list[tuple[str, dict[int, float], dict[str, Any]]],
+    title: str,
+    mean: float | None = None,
+) -> Path | None:
+    """Messages per second over time, a step line per (label, counts per second, style);
+    ``title`` has ``{per}`` for the bin width; ``mean``, if any, a dashed line."""
     if not series:
         return None
     base = _base_second(report)
-    last = max(max(counts) for _, counts in series)
-    first = min(min(counts) for _, counts in series)
+    last = max(max(counts) for _, counts, _ in series)
     fig, ax = _figure()
     width = 1
-    for name, counts in series:
-        xs, ys, width = _binned(dict(counts), first, last)
-        _step(ax, xs + (first - base), ys, width, label=name)
+    for label, counts, style in series:
+        first = min(counts)
+        xs, ys, width = _binned(counts, first, last)
+        _step(ax, xs + (first - base), ys, width, label=label, **style)
+    if mean:
+        ax.axhline(mean, linestyle="--", color="grey", label=f"server mean {mean:,.0f}/s")
     per = "per second" if width == 1 else f"per second (mean over {width} s)"
-    ax.set_title(f"Messages {per}, node by node")
+    ax.set_title(title.format(per=per))
     ax.set_ylabel("messages / s")
     ax.set_ylim(bottom=0)
     _time_axis(ax, base, report.utc)
