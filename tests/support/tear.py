@@ -6,9 +6,10 @@ the call never returns, and none of the batch's replies is sent.  A kill at a
 random moment lands there only now and then (about 1 in 10 under load on the
 test machine), so :func:`kill_mid_write` makes it land there every time,
 from outside, with ptrace: it stops the server at the entry of its next
-``write(2)`` to the log of more than a page, lowers the call's byte count to
-a page boundary that falls inside a record (what the kill between two pages
-leaves), lets the kernel carry the call out, and sends SIGKILL at its exit.
+``write(2)`` or ``writev(2)`` to the log of more than a page, lowers the
+call's byte count (for writev, the iovec array's) to a page boundary that
+falls inside a record (what the kill between two pages leaves), lets the
+kernel carry the call out, and sends SIGKILL at its exit.
 What is on disk is the server's own batch as the kernel wrote it; nothing is
 appended by the test.
 
@@ -22,6 +23,7 @@ import ctypes
 import os
 import platform
 import signal
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,8 @@ _PTRACE_O_TRACESYSGOOD = 0x1
 _PTRACE_O_EXITKILL = 0x100000
 _WALL = 0x40000000
 _SYS_WRITE = 1  # x86-64
+_SYS_WRITEV = 20
+_IOVEC = struct.Struct("<QQ")  # struct iovec: base, length
 _ENOSYS = 38
 
 
@@ -104,18 +108,61 @@ def _ptrace(libc: ctypes.CDLL, request: int, pid: int, addr: int = 0, data: obje
         raise OSError(error, f"ptrace({request}) on {pid}: {os.strerror(error)}")
 
 
-def _cut(pid: int, buffer: int, offset: int, count: int) -> int | None:
-    """A length up to a page boundary of the file that ends strictly inside a record."""
+def _cut(pid: int, pieces: list[tuple[int, int]], offset: int) -> int | None:
+    """A length up to a page boundary of the file that ends strictly inside a record.
+
+    ``pieces`` are the (address, length) buffers the call writes, in order.
+    """
     page = os.sysconf("SC_PAGE_SIZE")
+    count = sum(length for _, length in pieces)
     cut = page - offset % page
     with open(f"/proc/{pid}/mem", "rb", buffering=0) as memory:
+
+        def byte_at(position: int) -> bytes:
+            for address, length in pieces:
+                if position < length:
+                    memory.seek(address + position)
+                    return memory.read(1)
+                position -= length
+            raise IndexError(position)
+
         while cut < count - 1:
-            memory.seek(buffer + cut - 1)
-            around = memory.read(2)  # the last byte kept and the first one lost
-            if b"\n" not in around:
+            # The last byte kept and the first one lost: neither may end a record.
+            if b"\n" not in byte_at(cut - 1) + byte_at(cut):
                 return cut
             cut += page
     return None
+
+
+def _shorten(pid: int, regs: _Regs, offset: int) -> tuple[int, bool]:
+    """Make the write(2) or writev(2) in ``regs`` stop at a cut inside a record.
+
+    Returns (the bytes the call asked for, whether a cut was made).  For
+    writev the iovec array in the server's memory is shortened in place.
+    """
+    if regs.orig_rax == _SYS_WRITE:
+        count = regs.rdx
+        cut = _cut(pid, [(regs.rsi, count)], offset)
+        if cut is not None:
+            regs.rdx = cut
+        return count, cut is not None
+    with open(f"/proc/{pid}/mem", "r+b", buffering=0) as memory:
+        memory.seek(regs.rsi)
+        raw = memory.read(_IOVEC.size * regs.rdx)
+        pieces = [_IOVEC.unpack_from(raw, i * _IOVEC.size) for i in range(regs.rdx)]
+        count = sum(length for _, length in pieces)
+        cut = _cut(pid, pieces, offset)
+        if cut is None:
+            return count, False
+        start = 0
+        for index, (address, length) in enumerate(pieces):
+            if cut <= start + length:
+                memory.seek(regs.rsi + index * _IOVEC.size)
+                memory.write(_IOVEC.pack(address, cut - start))
+                regs.rdx = index + 1
+                return count, True
+            start += length
+    raise AssertionError("a cut past the end of the call's buffers")
 
 
 def kill_mid_write(pid: int, log_path: Path, timeout: float = 20.0) -> Tear:
@@ -139,11 +186,10 @@ def kill_mid_write(pid: int, log_path: Path, timeout: float = 20.0) -> Tear:
             if stop == signal.SIGTRAP | 0x80:  # a system call's entry or exit
                 _ptrace(libc, _PTRACE_GETREGS, pid, 0, regs)
                 entering = regs.rax == 2**64 - _ENOSYS
-                if entering and regs.orig_rax == _SYS_WRITE and regs.rdi == log_fd:
-                    offset, count = log_path.stat().st_size, regs.rdx
-                    cut = _cut(pid, regs.rsi, offset, count)
-                    if cut is not None:
-                        regs.rdx = cut
+                if entering and regs.orig_rax in (_SYS_WRITE, _SYS_WRITEV) and regs.rdi == log_fd:
+                    offset = log_path.stat().st_size
+                    count, shortened = _shorten(pid, regs, offset)
+                    if shortened:
                         _ptrace(libc, _PTRACE_SETREGS, pid, 0, regs)
                         _ptrace(libc, _PTRACE_SYSCALL, pid)
                         _, status = os.waitpid(pid, _WALL)
