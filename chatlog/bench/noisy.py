@@ -145,6 +145,24 @@ def start_server(scratch: Path, extra: Sequence[str]) -> servers.Running:
     return servers.start(spec, {}, scratch, None)
 
 
+def run_client(server: servers.Running, options: list[str], timeout: float) -> dict[str, Any]:
+    """``python -m chatlog.client`` against ``server`` with ``options``; its ``--json`` summary."""
+    argv = [
+        sys.executable,
+        "-m",
+        "chatlog.client",
+        "--host",
+        server.host,
+        "--port",
+        str(server.port),
+    ]
+    done = subprocess.run(
+        [*argv, *options, "--json"], capture_output=True, timeout=timeout, check=True
+    )
+    summary: dict[str, Any] = json.loads(done.stdout)
+    return summary
+
+
 def logged_from(log: Path, ip: str) -> int:
     """The ``message`` records of ``ip`` in a json log."""
     needle = b'"event": "message", "ip": "%s"' % ip.encode()
@@ -189,32 +207,13 @@ def run(
             )
         well_result = None
         if well:
-            client = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "chatlog.client",
-                    "--host",
-                    server.host,
-                    "--port",
-                    str(server.port),
-                    "--connections",
-                    str(args.well_connections),
-                    "--rate",
-                    str(args.well_rate),
-                    "--duration",
-                    str(args.duration),
-                    "--warmup",
-                    str(args.warmup),
-                    "--size",
-                    str(args.size),
-                    "--json",
-                ],  # fmt: skip
-                capture_output=True,
+            well_result = run_client(
+                server,
+                ["--connections", str(args.well_connections), "--rate", str(args.well_rate),
+                 "--duration", str(args.duration), "--warmup", str(args.warmup),
+                 "--size", str(args.size)],
                 timeout=args.duration + args.warmup + 120,
-                check=True,
-            )
-            well_result = json.loads(client.stdout)
+            )  # fmt: skip
         floods = []
         for proc in procs:
             out, _ = proc.communicate(timeout=args.duration + args.warmup + 120)
@@ -337,31 +336,21 @@ def cost(scratch: Path, args: argparse.Namespace) -> list[str]:
             server = start_server(scratch, on if which == "on" else [])
             cpu_before = process_cpu_s(server.pid)
             try:
-                client = subprocess.run(
+                summary = run_client(
+                    server,
                     [
-                        sys.executable,
-                        "-m",
-                        "chatlog.client",
-                        "--host",
-                        server.host,
-                        "--port",
-                        str(server.port),
                         "--connections",
                         "100",
                         "--duration",
                         str(args.cost_duration),
                         "--warmup",
                         "1",
-                        "--json",
-                    ],  # fmt: skip
-                    capture_output=True,
+                    ],
                     timeout=args.cost_duration + 120,
-                    check=True,
                 )
                 server_cpu = process_cpu_s(server.pid) - cpu_before
             finally:
                 server.stop()
-            summary = json.loads(client.stdout)
             rate = summary["throughput_msgs_per_s"]
             # Every message of the run, warm-up included, against the server's CPU.
             messages = (scratch / "chatlog.log").read_bytes().count(b'"event": "message"')
