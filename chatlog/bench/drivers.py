@@ -55,8 +55,7 @@ def client_argv(server: servers.Running, load: Load, settings: Settings) -> list
         "--connections", str(load.connections),
         "--duration", f"{settings.duration:g}",
         "--warmup", f"{settings.warmup:g}",
-        # The bench counts the newline in --size, the client does not.
-        "--size", str(max(1, settings.size - 1)),
+        "--size", str(settings.size),  # both count the newline
         "--json",
     ]  # fmt: skip
     if load.mode == "open":

@@ -380,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     parser.add_argument("--pipeline", type=int, default=1000, help="a flooder's lines in flight")
-    parser.add_argument("--size", type=int, default=16, help="line size in bytes")
+    parser.add_argument("--size", type=int, default=16, help="line size in bytes, newline included")
     parser.add_argument("--well-connections", type=int, default=50)
     parser.add_argument("--well-rate", type=float, default=500.0, help="msgs/s in total")
     parser.add_argument("--cost", action="store_true", help="only the quotas-on-not-hit cost")

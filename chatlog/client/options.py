@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=DEFAULT_SIZE,
         metavar="B",
-        help="message size in bytes without the newline; a message is at least its id, like c3-s17- (default: %(default)s)",
+        help="message size in bytes, newline included (as in the bench); a message is at least its id, like c3-s17- (default: %(default)s)",
     )
     load.add_argument(
         "--pipeline",

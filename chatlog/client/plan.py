@@ -1,9 +1,10 @@
 """What a load run sends and expects: the plan, the messages, the replies.
 
 Every message carries its id, ``c<conn>-s<seq>-`` padded with ``x`` to
-``--size`` bytes: replies come back in order on a connection and are checked
-against what was sent (``--expect`` and the message), and the server's log
-can be checked for every id.
+``--size`` bytes with its newline (the bench's ``--size`` counts the same
+way, so bytes per second mean bytes on the wire in both): replies come back
+in order on a connection and are checked against what was sent (``--expect``
+and the message), and the server's log can be checked for every id.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class LoadPlan:
     connections: int = 1
     messages: int | None = None  # per connection (counted ones, after --warmup)
     duration: float | None = None  # seconds, after --warmup
-    size: int = 16
+    size: int = 15  # message bytes before the newline (--size minus one)
     pipeline: int = 1
     rate: float | None = None  # total msgs/s: open loop
     warmup: float = 0.0
@@ -66,7 +67,7 @@ class LoadPlan:
             connections=options.connections,
             messages=options.messages,
             duration=options.duration,
-            size=options.size,
+            size=max(0, options.size - 1),  # --size counts the newline
             pipeline=options.pipeline,
             rate=options.rate,
             warmup=options.warmup,

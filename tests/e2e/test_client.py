@@ -258,6 +258,8 @@ def test_load_log_and_server_log_are_complete(chatlog_server: Any, tmp_path: Pat
     expected = {(str(c).encode(), str(s).encode()) for c in (1, 2, 3) for s in range(1, 51)}
     sent_ids = [MESSAGE_ID.search(r).groups() for r in sent]  # type: ignore[union-attr]
     assert sorted(sent_ids) == sorted(expected)
+    # --size 24 counts the newline: every message is 23 bytes of text.
+    assert {len(r.rsplit(b" - ", 1)[1]) for r in sent} == {23}
     assert all(
         re.search(rb" - Server received: c\d+-s\d+-x+ \(rtt \d+\.\d+ ms\)$", r) for r in received
     )

@@ -116,7 +116,7 @@ def test_ratios_pair_runs_of_the_same_round() -> None:
 
 
 def test_client_runs_the_generators_load_in_its_own_words() -> None:
-    """The client gets the same connections, window and line length (its --size has no newline)."""
+    """The client gets the same connections, window and line length (--size counts the newline in both)."""
     running: Any = type("Running", (), {"host": "127.0.0.1", "port": 4242})()
     settings = Settings(duration=3.0, warmup=1.0, size=16)
     closed = drivers.client_argv(running, Load("pipelined", 10, 16), settings)
@@ -126,7 +126,7 @@ def test_client_runs_the_generators_load_in_its_own_words() -> None:
         return closed[closed.index(flag) + 1]
 
     assert (value("--connections"), value("--pipeline")) == ("10", "16")
-    assert (value("--duration"), value("--warmup"), value("--size")) == ("3", "1", "15")
+    assert (value("--duration"), value("--warmup"), value("--size")) == ("3", "1", "16")
     assert "--json" in closed
     opened = drivers.client_argv(running, Load("open", 100, 1, 20000), settings)
     assert "--rate" in opened and "--pipeline" not in opened

@@ -82,6 +82,14 @@ def test_payload_carries_its_id_padded_to_size() -> None:
     assert match is not None and match.groups() == (b"7", b"9")
 
 
+def test_size_counts_the_newline_as_the_bench_does() -> None:
+    """--size 16 puts 16 bytes on the wire per message: 15 of text and the newline."""
+    plan = LoadPlan.from_options(client_options.parse(["--connections", "1", "--size", "16"]))
+    clock, run, transports = start_run(plan)
+    assert transports[0].value() == b"c1-s1-xxxxxxxxx\n"
+    assert LoadPlan.from_options(client_options.parse(["--size", "1", "--messages", "1"])).size == 0
+
+
 def test_closed_loop_round_trips_are_timed_on_the_clock() -> None:
     """Each connection keeps --pipeline messages in flight; every RTT is exactly the clock's advance."""
     plan = LoadPlan(connections=2, messages=3, pipeline=2, size=10)
