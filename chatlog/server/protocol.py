@@ -408,9 +408,10 @@ class ChatProtocol(TwistedProtocol):
 
     def throttle(self, paused: bool) -> None:
         """The address is over its quota: stop reading (lines read are still answered); or read."""
-        if not paused:
+        if not paused and self.quota is not None:
             # A throttled client's lumps are its reads: small ones keep its rate smooth.
-            self.factory.size_buffers(self, self.factory.small_buffer)
+            small = self.factory.small_buffer
+            self.factory.size_buffers(self, min(small, self.quota.paced_read()))
         self._update_reading()
 
     def _update_reading(self) -> None:

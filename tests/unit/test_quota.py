@@ -256,15 +256,40 @@ def test_a_read_while_paused_extends_the_pause(clock: Clock) -> None:
 
 
 def test_a_throttled_connection_reads_again_a_little_at_a_time(clock: Clock) -> None:
-    """After a pause the next read is the small one: a throttled client's lumps stay small."""
+    """After a pause a read is 10 ms of the quota (here 10 lines of 16 bytes): small lumps."""
     log = FakeLog()
-    factory = make_factory(log, clock, "10")
+    factory = make_factory(log, clock, "1000")
     proto, transport = connect(factory)
     factory.size_buffers(proto, factory.large_buffer)  # a client of long lines
+    line = b"x" * 15 + b"\n"
+    for _ in range(11):
+        proto.dataReceived(line * 100)  # at last 100 over the burst: 0.1 s
+    clock.advance(0.1)
+    assert transport.producerState == "producing"
+    assert proto.read_size == 160
+    proto.dataReceived(line * 10)  # one such read: 10 ms more
+    assert transport.producerState == "paused"
+    clock.advance(0.01)
+    assert transport.producerState == "producing"
+    assert proto.read_size == 160
+
+
+def test_paced_reads_are_never_tiny_nor_over_the_small_buffer(clock: Clock) -> None:
+    """At 10 lines a second a read is still 128 bytes; 1 KiB lines are read 4 KiB at a time."""
+    log = FakeLog()
+    slow = make_factory(log, clock, "10")
+    proto, transport = connect(slow)
     proto.dataReceived(lines(20))
     clock.advance(1.0)
     assert transport.producerState == "producing"
-    assert proto.read_size == factory.small_buffer
+    assert proto.read_size == 128
+    fast = make_factory(log, clock, "1000")
+    proto, transport = connect(fast, "127.0.0.3")
+    for _ in range(11):
+        proto.dataReceived((b"x" * 1023 + b"\n") * 100)
+    clock.advance(0.1)
+    assert transport.producerState == "producing"
+    assert proto.read_size == fast.small_buffer
 
 
 def test_connections_of_one_address_share_its_bucket(clock: Clock) -> None:
