@@ -16,11 +16,14 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from chatlog.client.clientlog import REPLY_LINE, SENT
+from chatlog.client.clientlog import REPLY_LINE, REPLY_RECORD, SENT, SENT_RECORD
 from chatlog.client.plan import REFUSALS
 
 if TYPE_CHECKING:
     from chatlog.client.load import LoadRun
+
+pack_reply = REPLY_RECORD.pack
+pack_sent = SENT_RECORD.pack
 
 
 class LoadProtocol(Protocol):
@@ -53,7 +56,9 @@ class LoadProtocol(Protocol):
         self._now = run.now_ns
         self._record = run.recorder.pending.append
         self._log = run.log.pending.append if run.log is not None else None
-        self._log_reply = run.log.replies.append if run.log is not None else None
+        # A reply's record is packed bytes, not a tuple: see chatlog.client.clientlog.
+        self._log_reply = run.log.replies.extend if run.log is not None else None
+        self._log_sent = run.log.sends.extend if run.log is not None else None
 
     def connectionMade(self) -> None:
         self.connected = True
@@ -94,8 +99,8 @@ class LoadProtocol(Protocol):
             self.inflight.extend(
                 (s, p, t, t >= measure_from) for s, p, t in zip(seqs, payloads, due, strict=True)
             )
-            if self._log is not None:
-                self._log((SENT, conn, first, count, now))
+            if self._log_sent is not None:
+                self._log_sent(pack_sent(conn, first, count, now))
 
     def refill(self, now: int) -> None:
         """Closed loop: top the pipeline up, or finish when nothing more is to come."""
@@ -123,6 +128,7 @@ class LoadProtocol(Protocol):
         popleft = inflight.popleft
         record = self._record
         log_reply = self._log_reply
+        pack = pack_reply
         expect = self.expect
         good = 0
         for line in lines:
@@ -136,7 +142,7 @@ class LoadProtocol(Protocol):
                     record((now - start) // 1000)
                     good += 1
                 if log_reply is not None:
-                    log_reply((self.conn, seq, start, now))
+                    log_reply(pack(self.conn, seq, start, now))
             elif line in REFUSALS:
                 # Sent at connect, before any reply: it answers none of our messages.
                 inflight.appendleft((seq, sent, start, counted))

@@ -124,8 +124,8 @@ def main(argv: Sequence[str]) -> int:
         frame = spool.frame()
         if frame is None:
             break
-        watermark, records, replies = frame
-        write_all(log_fd, book.feed(watermark, records, replies))
+        watermark, records, replies, sends = frame
+        write_all(log_fd, book.feed(watermark, records, replies, sends))
     write_all(log_fd, book.drain())
     return 0
 
