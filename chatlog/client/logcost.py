@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from chatlog.bench.quiet import HZ, QUIET_WAIT_S, busy_cpu_s, own_cpu_s, wait_quiet
 
 #: (name, client arguments) of each load.
 LOADS = {
@@ -59,39 +60,12 @@ LISTENING = re.compile(rb"listening on (\S+):(\d+), logging to")
 #: CPU seconds other processes may take during a run before it counts as spoiled.
 FOREIGN_LIMIT = 0.5
 RETRIES = 3
-#: Busy CPU (cores) below which the machine counts as quiet, and the longest wait for it.
-QUIET_CORES = 0.15
-QUIET_WAIT_S = 60.0
-HZ = os.sysconf("SC_CLK_TCK")
-
-
-def busy_cpu_s() -> float:
-    """CPU seconds the whole machine has been busy (``/proc/stat``: all but idle and iowait)."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(fields) - fields[3] - fields[4]) / HZ
 
 
 def process_cpu_s(pid: int) -> float:
     """CPU seconds of a running process (``/proc/PID/stat``: utime + stime)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / HZ
-
-
-def children_cpu_s() -> float:
-    """CPU seconds of the finished children, and of what they waited for (the log writer)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def wait_quiet() -> float:
-    """Wait for the other processes to leave the CPUs idle; return the seconds waited."""
-    started = time.monotonic()
-    while time.monotonic() - started < QUIET_WAIT_S:
-        before = busy_cpu_s()
-        time.sleep(1.0)
-        if busy_cpu_s() - before <= QUIET_CORES:
-            break
-    return time.monotonic() - started
 
 
 def twistd() -> list[str]:
@@ -134,9 +108,9 @@ def run_client(
     if log != "none":
         argv += ["--logfile", str(path), "--format", log]
     started = time.monotonic()
-    cpu0 = (busy_cpu_s(), process_cpu_s(server), children_cpu_s())
+    cpu0 = (busy_cpu_s(), process_cpu_s(server), own_cpu_s())
     done = subprocess.run(argv, capture_output=True)
-    cpu1 = (busy_cpu_s(), process_cpu_s(server), children_cpu_s())
+    cpu1 = (busy_cpu_s(), process_cpu_s(server), own_cpu_s())
     wall = time.monotonic() - started
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stderr.decode(errors='replace')}")
