@@ -100,6 +100,15 @@ CHATLOG_FORMATS = {
         "chatlog-json", _chatlog("--format", "json"), "twistd chatlog --format json", False
     ),
 }
+#: Quotas on but never hit (one address, limits far above any load): opt-in
+#: (``--servers chatlog,chatlog-quotas``), what the per-read bucket arithmetic costs.
+QUOTAS_NEVER_HIT = ("--rate-limit", "1000000000", "--byte-limit", "100000000000")
+CHATLOG_QUOTAS = ServerSpec(
+    "chatlog-quotas",
+    _chatlog(*QUOTAS_NEVER_HIT),
+    "twistd chatlog with --rate-limit and --byte-limit on, never hit",
+    False,
+)
 #: What each chatlog server adds to chatlog's command line: a ``--compare``
 #: checkout runs the same variant as ``VARIANT@CHECKOUT``.
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -107,6 +116,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "chatlog-fsync": ("--fsync",),
     "chatlog-dash": ("--format", "dash"),
     "chatlog-json": ("--format", "json"),
+    "chatlog-quotas": QUOTAS_NEVER_HIT,
 }
 PEERS = [
     ServerSpec("twisted", _module("twisted_reply"), "bare Twisted LineReceiver reply, no log"),
@@ -140,7 +150,13 @@ def all_servers() -> list[ServerSpec]:
 
 def named_servers() -> list[ServerSpec]:
     """Every server ``--servers`` can name: the default ones and the opt-in ones."""
-    return [*all_servers(), CHATLOG_W2, CHATLOG_FORMATS["dash"], CHATLOG_FORMATS["json"]]
+    return [
+        *all_servers(),
+        CHATLOG_W2,
+        CHATLOG_FORMATS["dash"],
+        CHATLOG_FORMATS["json"],
+        CHATLOG_QUOTAS,
+    ]
 
 
 def compare_spec(checkout: Path, variant: str = "chatlog") -> ServerSpec:
