@@ -191,11 +191,6 @@ def count_records(log: Path, needles: Sequence[bytes]) -> list[int]:
     return counts
 
 
-def message_needle(ip: str) -> bytes:
-    """What each ``message`` record of ``ip`` holds, once, in a json log."""
-    return b'"event": "message", "ip": "%s"' % ip.encode()
-
-
 def run(
     scratch: Path,
     limit: Sequence[str],
@@ -251,9 +246,8 @@ def run(
                 proc.kill()
         server.stop()
     log = scratch / "chatlog.log"
-    *logged, throttled = count_records(
-        log, [*(message_needle(f["source"]) for f in floods), b'"event": "throttled"']
-    )
+    needles = [b'"event": "message", "ip": "%s"' % f["source"].encode() for f in floods]
+    *logged, throttled = count_records(log, [*needles, b'"event": "throttled"'])
     for result, count in zip(floods, logged, strict=True):
         result["logged"] = count
         result["all_logged"] = count == result["sent"]

@@ -49,6 +49,8 @@ NAMES = ["node1", "node2", "node3"]
 #: Both client runs number their messages c<conn>-s<seq>- from 1: their sizes
 #: tell them apart (a message is its id padded with x to the size).
 SIZE_1, SIZE_2 = 24, 40
+#: Their messages' text: --size counts the newline.
+TEXT_1, TEXT_2 = SIZE_1 - 1, SIZE_2 - 1
 LOAD_MESSAGE = re.compile(rb"^c\d+-s\d+-x*$")
 #: The line of HAProxy's health check (contrib/fleet/haproxy.cfg).
 CHECK = b"haproxy-check"
@@ -300,14 +302,14 @@ def test_node_killed_under_load(fleet: Fleet, tmp_path: Path) -> None:
 
     acked1, acked2 = acknowledged(tmp_path / "client1.log"), acknowledged(tmp_path / "client2.log")
     assert (len(acked1), len(acked2)) == (summary1["messages"], summary2["messages"])
-    assert {len(m) for m in acked1} == {SIZE_1} and {len(m) for m in acked2} == {SIZE_2}
+    assert {len(m) for m in acked1} == {TEXT_1} and {len(m) for m in acked2} == {TEXT_2}
 
     # The surviving nodes stop cleanly: their stop records are the last to ship.
     for node in (node1, node3):
         assert node.server.stop() == -signal.SIGTERM
     figures |= check_acknowledged_logged_once(fleet, acked1, acked2)
     run2 = {
-        n.name: sum(len(e["msg"]) == SIZE_2 for e in node_events(n) if is_load(e))
+        n.name: sum(len(e["msg"]) == TEXT_2 for e in node_events(n) if is_load(e))
         for n in fleet.nodes
     }
     assert run2["node2"] == 0 and run2["node1"] > 0 and run2["node3"] > 0, run2
