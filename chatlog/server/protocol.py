@@ -262,7 +262,7 @@ class ChatProtocol(TwistedProtocol):
         now = self.clock.seconds()
         self._now = self.last_activity = now
         if self.quota is not None:
-            self.quota.take(data, now)
+            self.quota.take(len(data), data.count(b"\n"), now)
         if self._buffer:
             if self._backlogged:
                 # Read although reading is paused (TLS may still hand over

@@ -60,6 +60,11 @@ def replies(transport: StringTransport) -> int:
     return transport.value().count(b"Server received: ")
 
 
+def take(quota: Any, data: bytes) -> None:
+    """``data`` read now from ``quota``'s address, counted as the protocol counts it."""
+    quota.take(len(data), data.count(b"\n"), quota.quotas.clock.seconds())
+
+
 def throttled(log: FakeLog) -> list[dict[str, Any]]:
     return [e for e in log.events if e["event"] == "throttled"]
 
@@ -93,9 +98,9 @@ def test_a_burst_is_free_and_one_more_pauses(clock: Clock) -> None:
     proto = _Recorder()
     quota = quotas.join(proto)  # type: ignore[arg-type]
     assert quota is not None
-    quota.take(b"m\n" * 5, clock.seconds())
+    take(quota, b"m\n" * 5)
     assert proto.states == []
-    quota.take(b"m\n", clock.seconds())
+    take(quota, b"m\n")
     assert proto.states == [True]
     clock.advance(0.1 - 1e-6)
     assert proto.states == [True]
@@ -109,7 +114,7 @@ def test_a_debt_is_paid_by_a_longer_pause(clock: Clock) -> None:
     proto = _Recorder()
     quota = quotas.join(proto)  # type: ignore[arg-type]
     assert quota is not None
-    quota.take(b"m\n" * 30, clock.seconds())
+    take(quota, b"m\n" * 30)
     clock.advance(1.999)
     assert proto.states == [True]
     clock.advance(0.001)
@@ -126,7 +131,7 @@ def test_a_flooder_gets_exactly_its_rate_whatever_its_reads(clock: Clock, read: 
     taken = 0
     for _ in range(100_000):  # 10 s in steps of 0.1 ms
         if not proto.paused:
-            quota.take(b"m\n" * read, clock.seconds())
+            take(quota, b"m\n" * read)
             taken += read
         clock.advance(0.0001)
     # The float clock's steps drift near 1.8e9 s: what passed is read off it.
@@ -142,7 +147,7 @@ def test_the_byte_limit_counts_bytes(clock: Clock) -> None:
     proto = _Recorder()
     quota = quotas.join(proto)  # type: ignore[arg-type]
     assert quota is not None
-    quota.take(b"x" * 1999 + b"\n", clock.seconds())
+    take(quota, b"x" * 1999 + b"\n")
     assert events[0]["reason"] == "bytes" and events[0]["limit"] == 1000
     clock.advance(0.999)
     assert proto.states == [True]
