@@ -1,6 +1,6 @@
 """``python -m chatlog.bench.noisy``: per-client quotas measured against their targets.
 
-Three measurements, each on a fresh ``twistd chatlog`` (json log) on loopback:
+Two measurements, each on a fresh ``twistd chatlog`` (json log) on loopback:
 
 - *noisy neighbour* (default): 50 well-behaved connections from 127.0.0.1
   at a steady open-loop rate (``python -m chatlog.client --rate``), alone
@@ -14,9 +14,10 @@ Three measurements, each on a fresh ``twistd chatlog`` (json log) on loopback:
 - *fairness* (default): four equal flooders from 127.0.0.2-5 with and
   without ``--rate-limit``: each one's rate and Jain's fairness index
   ``(sum x)^2 / (n sum x^2)``;
-- *cost* (``--cost``): closed loop over 100 connections, quotas off against
-  quotas on but never hit (limits far above the load), alternating rounds,
-  medians: what the per-read bucket arithmetic costs.
+
+What quotas cost when on but never hit is a server of the main bench:
+``python -m chatlog.bench --servers chatlog,chatlog-quotas`` (its C load
+generator is not the limit, as a Python client would be).
 
 A flooder is this module run with ``--flooder SOURCE``: one connection bound
 to SOURCE (every 127/8 address is local) that keeps ``--pipeline`` lines in
@@ -47,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 from chatlog.bench import quiet, servers
-from chatlog.bench.run import process_cpu_s
 from chatlog.server.command import twistd_command
 
 REPLY = b"Server received: "
@@ -397,60 +397,6 @@ def fairness(scratch: Path, args: argparse.Namespace) -> list[str]:
     return out
 
 
-def cost(scratch: Path, args: argparse.Namespace) -> list[str]:
-    on = ["--rate-limit", "100000000", "--byte-limit", "10000000000"]
-    out = [
-        f"cost: closed loop, 100 connections, {args.cost_duration:g} s after 1 s of warm-up, "
-        f"{args.rounds} rounds alternating which goes first; quotas on = {' '.join(on)} "
-        "(never hit)",
-        "",
-    ]
-    runs: dict[str, list[float]] = {"off": [], "on": []}
-    cpu: dict[str, list[float]] = {"off": [], "on": []}
-    for round_ in range(args.rounds):
-        order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
-        for which in order:
-            server = start_server(scratch, on if which == "on" else [])
-            cpu_before = process_cpu_s(server.pid)
-            try:
-                summary = run_client(
-                    server,
-                    [
-                        "--connections",
-                        "100",
-                        "--duration",
-                        str(args.cost_duration),
-                        "--warmup",
-                        "1",
-                    ],
-                    timeout=args.cost_duration + 120,
-                )
-                server_cpu = process_cpu_s(server.pid) - cpu_before
-            finally:
-                server.stop()
-            rate = summary["throughput_msgs_per_s"]
-            # Every message of the run, warm-up included, against the server's CPU.
-            messages = (scratch / "chatlog.log").read_bytes().count(b'"event": "message"')
-            per_msg = server_cpu / messages * 1e6
-            runs[which].append(rate)
-            cpu[which].append(per_msg)
-            out.append(
-                f"round {round_ + 1} quotas {which:3}: {rate:,.0f} msgs/s, server "
-                f"{per_msg:.3f} us CPU/msg, client CPU {summary.get('client_cpu_fraction')}, "
-                f"client-limited {summary.get('client_limited')}"
-            )
-    off, on_ = statistics.median(runs["off"]), statistics.median(runs["on"])
-    cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
-    out += [
-        "",
-        f"median off {off:,.0f} msgs/s, on {on_:,.0f} msgs/s: on/off = {on_ / off:.4f} "
-        f"({100 * (1 - on_ / off):+.2f}% cost)",
-        f"median server CPU per message off {cpu_off:.3f} us, on {cpu_on:.3f} us: "
-        f"on/off = {cpu_on / cpu_off:.4f}",
-    ]
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chatlog.bench.noisy", description=__doc__)
     parser.add_argument("--rate-limit", default="1000", help="the server's --rate-limit")
@@ -463,9 +409,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--noisy-rounds", type=int, default=3, help="rounds of the noisy-neighbour points"
     )
-    parser.add_argument("--cost", action="store_true", help="only the quotas-on-not-hit cost")
-    parser.add_argument("--rounds", type=int, default=6, help="--cost rounds of each")
-    parser.add_argument("--cost-duration", type=float, default=5.0)
     parser.add_argument("--no-fairness", action="store_true")
     flooder = parser.add_argument_group("one flooder (what the bench starts)")
     flooder.add_argument("--flooder", metavar="SOURCE", help="flood from SOURCE; JSON out")
@@ -482,12 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {servers.ROOT}", flush=True)
     with tempfile.TemporaryDirectory(prefix="chatlog-noisy-") as where:
         scratch = Path(where)
-        if args.cost:
-            lines = cost(scratch, args)
-        else:
-            lines = noisy(scratch, args)
-            if not args.no_fairness:
-                lines += fairness(scratch, args)
+        lines = noisy(scratch, args)
+        if not args.no_fairness:
+            lines += fairness(scratch, args)
     print("\n".join(lines), flush=True)
     return 0
 
