@@ -55,6 +55,9 @@ class LogSink(Protocol):
     def stageMessages(self, fields: Event, lines: list[bytes]) -> None:
         """Stage the message records of lines read together (``fields`` is the first's)."""
 
+    def stagePlainLines(self, fields: Event, body: bytes, count: int) -> None:
+        """Stage the records of ``count`` lines joined by ``\\n`` in ``body``, none to escape."""
+
     def ackAfterWrite(self, waiter: ChatProtocol) -> None:
         """Call ``waiter.logWritten(ok)`` once everything staged so far is written."""
 
