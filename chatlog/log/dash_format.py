@@ -85,7 +85,7 @@ class DashFormatter(Formatter):
         return b"".join((lead, separator.join(texts), b"\n"))
 
     def plain_lines(self, fields: Event, body: bytes, count: int) -> bytes:
-        if body[:1] == b"[" or b"\n[" in body:
+        if body[:1] == b"[" or body.find(b"\n[") >= 0:  # find: see json_format
             # A line that begins with "[" has it escaped: line by line.
             return self.messages(fields, body.split(b"\n"))
         lead = b"%s - %d - %s - " % (

@@ -117,7 +117,9 @@ class JsonFormatter(Formatter):
         )
 
     def plain_lines(self, fields: Event, body: bytes, count: int) -> bytes:
-        if b'"' in body:
+        # find, not "in": in CPython 3.11 a bytes "in" first tries the needle
+        # as an int and raises inside, about twice find's cost.
+        if body.find(b'"') >= 0:
             # A double quote is escaped: line by line.
             return self.messages(fields, body.split(b"\n"))
         lead = b'{"ts": "%s", "event": "message"%s, "ip": %s, "port": %d, "conn": %d, "seq": ' % (
@@ -132,7 +134,7 @@ class JsonFormatter(Formatter):
         # filled in with one %-formatting (which finds its "%"s by memchr);
         # a "%" the text or the lead hold is doubled first, to stay itself.
         lead = lead.replace(b"%", b"%%") + b'%d, "msg": "'
-        if b"%" in body:
+        if body.find(b"%") >= 0:
             body = body.replace(b"%", b"%%")
         template = b"".join((lead, body.replace(b"\n", b'"}\n' + lead), b'"}\n'))
         first = fields["seq"]
