@@ -35,7 +35,7 @@ from chatlog.log.reader import (
     records_of,
     sniff_format,
 )
-from chatlog.log.record import TORN_MARK, Formatter, is_torn
+from chatlog.log.record import PLAIN_LINES, TORN_MARK, Formatter, is_torn
 from chatlog.log.timestamps import TimeParser, Timestamps
 from chatlog.log.writer import LogWriter, WriteWaiter
 
@@ -50,6 +50,7 @@ __all__ = [
     "LogWriter",
     "Parsed",
     "RecordParser",
+    "PLAIN_LINES",
     "TORN_MARK",
     "TimeParser",
     "Timestamps",

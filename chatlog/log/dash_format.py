@@ -84,6 +84,17 @@ class DashFormatter(Formatter):
         texts = [_dash_text(text) for text in lines]
         return b"".join((lead, separator.join(texts), b"\n"))
 
+    def plain_lines(self, fields: Event, body: bytes, count: int) -> bytes:
+        if body[:1] == b"[" or body.find(b"\n[") >= 0:  # find: see json_format
+            # A line that begins with "[" has it escaped: line by line.
+            return self.messages(fields, body.split(b"\n"))
+        lead = b"%s - %d - %s - " % (
+            fields["ip"].encode(),
+            fields["port"],
+            self.stamps.text(fields["time"]),
+        )
+        return b"".join((lead, body.replace(b"\n", b"\n" + lead), b"\n"))
+
 
 def _dash_text(raw: bytes) -> bytes:
     """The escaped text, with a leading ``[`` as ``\\x5b`` so it cannot pass for an event's tag."""

@@ -120,6 +120,11 @@ class EventFormatter(Formatter):
         # One copy of the texts into the records, then one into the result.
         return b"".join((lead, (b"\n" + lead).join(texts), b"\n"))
 
+    def plain_lines(self, fields: Event, body: bytes, count: int) -> bytes:
+        lead = self._MESSAGE_HEAD + self.stamps.text(fields["time"]) + b" - " + self.labels(fields)
+        # Nothing to escape: the records are the lines with the lead put before each.
+        return b"".join((lead, body.replace(b"\n", b"\n" + lead), b"\n"))
+
 
 _PEER = rb"(?:\[([^\]]*)\]|([^\s\[\]:]+)):(\d+) #(\d+)"
 _CONNECTION_RECORD = re.compile(

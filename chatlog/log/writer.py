@@ -325,6 +325,19 @@ class LogWriter:
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
 
+    def stagePlainLines(self, fields: Event, body: bytes, count: int) -> None:
+        """Stage the records of ``count`` lines read together, given joined by ``\\n``.
+
+        Every byte of ``body`` but its newlines is one a text record takes as
+        it is (:data:`~chatlog.log.record.PLAIN_LINES`): the records are those
+        of :meth:`stageMessages` with ``body.split(b"\\n")``, made without
+        the split (see :meth:`~chatlog.log.record.Formatter.plain_lines`).
+        """
+        self._staged.append(self.format_record.plain_lines(fields, body, count))
+        self._staged_messages += count
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
     def ackAfterWrite(self, waiter: WriteWaiter) -> None:
         """Call ``waiter.logWritten(ok)`` once the records staged so far are written."""
         self._waiters.append(waiter)

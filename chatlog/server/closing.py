@@ -41,6 +41,20 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 
+class Phase(enum.Enum):
+    """Where a connection is in its life; each phase reads less than the one before."""
+
+    #: Behind a PROXY-protocol balancer, before the header that names the client.
+    AWAITING_PEER = enum.auto()
+    #: Admitted: every line is logged and answered.
+    OPEN = enum.auto()
+    #: Takes nothing more it reads; sends the replies and notice that are due,
+    #: then closes (how: :mod:`chatlog.server.closing`).
+    CLOSING = enum.auto()
+    #: ``connectionLost`` has run.
+    CLOSED = enum.auto()
+
+
 class Ending(enum.Enum):
     """Why a connection is closing."""
 

@@ -8,9 +8,9 @@ matters: a reply leaves only after its record was written.
 
 How a read becomes replies ("ack implies logged", group commit):
 
-1. ``dataReceived`` splits the bytes into lines and stages them (at most
-   :data:`LINES_PER_TURN`) with the log in one piece, then asks the log to
-   call :meth:`ChatProtocol.logWritten` once that batch is written;
+1. ``dataReceived`` stages the complete lines (at most :data:`LINES_PER_TURN`)
+   with the log in one piece (how: :mod:`chatlog.server.lines`), then asks
+   the log to call :meth:`ChatProtocol.logWritten` once that batch is written;
 2. at the start of the next reactor turn the log writes every staged record
    of every connection with one ``write(2)`` and calls back;
 3. ``logWritten(ok)`` sends all replies of the read with one
@@ -27,7 +27,6 @@ is closing, and :mod:`chatlog.server.closing` how it closes without a reset.
 
 from __future__ import annotations
 
-import enum
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ConnectionDone
@@ -38,7 +37,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatlog.log import Event
-from chatlog.server.closing import Ending, ServerClose, close_when_sent
+from chatlog.server.closing import Ending, Phase, ServerClose, close_when_sent
+from chatlog.server.lines import LINES_PER_TURN, too_long, whole
 from chatlog.server.proxy import BadHeader, HeaderReader
 from chatlog.server.proxy import peer_address as peer_address  # also for chatlog.server.service
 from chatlog.wire import (
@@ -59,26 +59,8 @@ if TYPE_CHECKING:
 # inline from names bound here, it measured 1.7% fewer instructions per
 # message than through a helper or the imported names (CPython 3.11, callgrind).
 _PREFIX, _SEPARATOR, _DELIMITER = REPLY_PREFIX, REPLY_SEPARATOR, DELIMITER
-
-#: Most lines handled per connection per reactor turn (README: "at most 250
-#: lines per turn").  A client that floods thousands of tiny lines in one read
-#: has the rest handled in later turns, and is not read meanwhile, so it can
-#: neither delay everyone else's replies nor make one read a huge backlog.
-LINES_PER_TURN = 250
-
-
-class Phase(enum.Enum):
-    """Where a connection is in its life; each phase reads less than the one before."""
-
-    #: Behind a PROXY-protocol balancer, before the header that names the client.
-    AWAITING_PEER = enum.auto()
-    #: Admitted: every line is logged and answered.
-    OPEN = enum.auto()
-    #: Takes nothing more it reads; sends the replies and notice that are due,
-    #: then closes (how: :mod:`chatlog.server.closing`).
-    CLOSING = enum.auto()
-    #: ``connectionLost`` has run.
-    CLOSED = enum.auto()
+# What a newline grows by as a reply separator: how replies count lines.
+_GROWTH = len(REPLY_SEPARATOR) - len(DELIMITER)
 
 
 # Looking up an enum member costs ~55 ns in Python 3.11, as much as the rest
@@ -106,6 +88,7 @@ class ChatProtocol(TwistedProtocol):
     _header: HeaderReader | None = None  # the PROXY header, until admitted
     _closing: ServerClose | None = None  # a close the server decided
     send_full_at = 0.0  # since when the transport's send buffer is full
+    plain_reads = True  # the whole-read lane (chatlog.server.lines); tests compare without
 
     def __init__(self, factory: ChatFactory) -> None:
         self.factory = factory
@@ -127,7 +110,8 @@ class ChatProtocol(TwistedProtocol):
         self._buffer = b""
         self._backlogged = False
         self._now = 0.0  # arrival time of the read being handled
-        self._unacked: list[bytes] = []  # lines whose records await the log write
+        # Replies awaiting the log write: a line, or a read's lines joined by _SEPARATOR.
+        self._unacked: list[bytes] = []
         self._notice: bytes | None = None  # the ERROR line sent before a close
         self._log_callback_due = False  # registered with log.ackAfterWrite
         self._client_done_sending = False  # the client shut its write side
@@ -261,31 +245,50 @@ class ChatProtocol(TwistedProtocol):
                 return
         now = self.clock.seconds()
         self._now = self.last_activity = now
-        if self.quota is not None:
-            self.quota.take(len(data), data.count(b"\n"), now)
         if self._buffer:
             if self._backlogged:
                 # Read although reading is paused (TLS may still hand over
                 # what it had decrypted): it waits behind the held-back lines.
+                if self.quota is not None:
+                    self.quota.take(len(data), data.count(_DELIMITER), now)
                 self._buffer += data
                 return
             data = self._buffer + data
-        lines = data.split(_DELIMITER, LINES_PER_TURN)
-        buffer = self._buffer = lines.pop()
+        # rpartition and replace find newlines by memchr; split looks at every byte.
+        body, ended, buffer = data.rpartition(_DELIMITER)
+        replies = body.replace(_DELIMITER, _SEPARATOR)
+        count = (len(replies) - len(body)) // _GROWTH + 1  # complete lines, if ended
+        if self.quota is not None:  # (the buffer held no newline: it was a line's start)
+            self.quota.take(len(data) - len(self._buffer), count if ended else 0, now)
+        if count == 1:
+            lines = [body] if ended else []
+        elif self.plain_reads and whole(body, count, self.max_line):
+            # No line needs a look of its own: staged whole (chatlog.server.lines).
+            fields = {"event": "message", "time": now, "ip": self.ip, "port": self.port}
+            fields["conn"], fields["seq"] = self.conn, self.messages + 1
+            self.log.stagePlainLines(fields, body, count)
+            self._unacked.append(replies)
+            self.messages += count
+            self.factory.messages_total += count
+            lines = []
+        else:
+            lines = data.split(_DELIMITER, LINES_PER_TURN)
+            buffer = lines.pop()
+        self._buffer = buffer
         if (
             len(buffer) > self.max_line
             or len(lines) == LINES_PER_TURN
             or len(data) >= self.read_size
         ):
-            self._unusual_read(lines, now, len(data))
-        elif lines:
+            self._unusual_read(lines, now, len(data), ended)
+        elif ended:
             self.line_started = now if buffer else None
         elif self.line_started is None:
             self.line_started = now
-        if lines:
+        if lines or ended:
             self._handle_lines(lines)
 
-    def _unusual_read(self, lines: list[bytes], now: float, size: int) -> None:
+    def _unusual_read(self, lines: list[bytes], now: float, size: int, ended: bytes) -> None:
         """A read that leaves lines for later turns, fills the buffer, or is over the limit."""
         buffer = self._buffer
         if len(lines) == LINES_PER_TURN and buffer:
@@ -298,19 +301,14 @@ class ChatProtocol(TwistedProtocol):
             return
         if size >= self.read_size:  # long lines: read more at once
             self.factory.size_buffers(self, self.factory.large_buffer)
-        if self._too_long(buffer):
+        if too_long(buffer, self.max_line):
             # Queued as a line: the lines before it are answered first, then
             # it closes the connection (nothing after it becomes a record).
             lines.append(buffer)
             self._buffer = b""
             self.line_started = None
-        elif lines or self.line_started is None:
+        elif ended or self.line_started is None:
             self.line_started = now if buffer else None
-
-    def _too_long(self, unfinished: bytes) -> bool:
-        """Whether an unfinished line is already over --max-line (its ``\\r`` may end it)."""
-        over = len(unfinished) - self.max_line
-        return over > 1 or (over == 1 and unfinished[-1:] != b"\r")
 
     def _next_slice(self) -> None:
         """Handle the next LINES_PER_TURN lines held back; read again after the last."""
@@ -319,7 +317,7 @@ class ChatProtocol(TwistedProtocol):
         if len(lines) < LINES_PER_TURN or not buffer:
             self._backlogged = False
             self._update_reading()
-            if self._too_long(buffer) or (buffer and self._client_done_sending):
+            if too_long(buffer, self.max_line) or (buffer and self._client_done_sending):
                 # Over the limit (see _unusual_read), or ended by the end of the stream.
                 lines.append(buffer)
                 self._buffer = b""
@@ -341,12 +339,12 @@ class ChatProtocol(TwistedProtocol):
         """Stage the records of ``lines`` up to the first over-long one; say if there was one."""
         max_line = self.max_line
         messages: list[bytes] = []
-        too_long = False
+        over = False
         for line in lines:
             if line[-1:] == b"\r":
                 line = line[:-1]  # the limit counts the line without its ending
             if len(line) > max_line:
-                too_long = True
+                over = True
                 break
             messages.append(line)
         if messages:
@@ -362,7 +360,7 @@ class ChatProtocol(TwistedProtocol):
             self._unacked.extend(messages)
             self.messages += len(messages)
             self.factory.messages_total += len(messages)
-        return too_long
+        return over
 
     # -- answering, once the log has the records ------------------------------
 
@@ -375,7 +373,9 @@ class ChatProtocol(TwistedProtocol):
                 # Joined, not added: a read's replies are copied once more, not twice.
                 self.transport.write(b"".join((_PREFIX, _SEPARATOR.join(lines), _DELIMITER)))
             else:
-                self.transport.write(ERROR_LOG_UNAVAILABLE * len(lines))
+                # As many as lines: a piece staged whole holds several.
+                count = _SEPARATOR.join(lines).count(_SEPARATOR) + 1
+                self.transport.write(ERROR_LOG_UNAVAILABLE * count)
         if self._notice is not None:
             self.transport.write(self._notice)
             self._notice = None

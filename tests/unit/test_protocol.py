@@ -67,8 +67,9 @@ def replies_to(messages: list[bytes], too_long: bool, max_line: int) -> bytes:
 class FakeLog:
     """Stands in for the LogWriter: keeps events, and acks when the test says so.
 
-    The protocol stages messages through ``stageMessages``, as it does with
-    the real writer; this one keeps each line as the event it describes.
+    The protocol stages messages through ``stageMessages`` and
+    ``stagePlainLines``, as it does with the real writer; this one keeps each
+    line as the event it describes.
     """
 
     def __init__(self) -> None:
@@ -81,6 +82,11 @@ class FakeLog:
     def stageMessages(self, fields: dict[str, Any], lines: list[bytes]) -> None:
         for seq, line in enumerate(lines, fields["seq"]):
             self.events.append({**fields, "seq": seq, "msg": line})
+
+    def stagePlainLines(self, fields: dict[str, Any], body: bytes, count: int) -> None:
+        lines = body.split(b"\n")
+        assert len(lines) == count
+        self.stageMessages(fields, lines)
 
     def ackAfterWrite(self, waiter: ChatProtocol) -> None:
         self.waiters.append(waiter)

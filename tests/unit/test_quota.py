@@ -155,6 +155,27 @@ def test_the_byte_limit_counts_bytes(clock: Clock) -> None:
     assert proto.states == [True, False]
 
 
+def test_a_read_is_counted_once_by_its_own_lines_and_bytes(clock: Clock) -> None:
+    """Pieces of a line are no messages; bytes already counted in an earlier read are not again."""
+    log = FakeLog()
+    proto, transport = connect(make_factory(log, clock, "10"))
+    proto.dataReceived(lines(10))  # the whole burst
+    for _ in range(5):
+        proto.dataReceived(b"part")  # no newline: no message
+    assert transport.producerState == "producing"
+    proto.dataReceived(b"\n")  # the 11th line
+    assert transport.producerState == "paused"
+    log = FakeLog()
+    proto, transport = connect(make_factory(log, clock, byte_rate="100"), "127.0.0.3")
+    proto.dataReceived(b"x" * 60)  # an unfinished line, held in the buffer
+    proto.dataReceived(b"y" * 39 + b"\n")  # 100 bytes in all: the burst, not more
+    assert transport.producerState == "producing"
+    proto.dataReceived(b"z\n")
+    assert transport.producerState == "paused"
+    log.flush()
+    assert replies(transport) == 2
+
+
 class _Recorder:
     """Stands in for a connection: records throttle calls."""
 
