@@ -85,7 +85,9 @@ class DashFormatter(Formatter):
         return b"".join((lead, separator.join(texts), b"\n"))
 
     def plain_lines(self, fields: Event, body: bytes, count: int) -> bytes:
-        if body[:1] == b"[" or body.find(b"\n[") >= 0:  # find: see json_format
+        # "[" alone first: memchr; a two-byte needle is searched byte by byte
+        # (12 us in 16 KiB of lines against 0.2, on 3.11).  find: see json_format.
+        if body[:1] == b"[" or (body.find(b"[") >= 0 and body.find(b"\n[") >= 0):
             # A line that begins with "[" has it escaped: line by line.
             return self.messages(fields, body.split(b"\n"))
         lead = b"%s - %d - %s - " % (
