@@ -90,14 +90,18 @@ class JsonFormatter(Formatter):
         out.append(b"}\n")
         return b"".join(out)
 
-    def messages(self, fields: Event, lines: list[bytes]) -> bytes:
-        lead = b'{"ts": "%s", "event": "message"%s, "ip": %s, "port": %d, "conn": %d, "seq": ' % (
+    def _lead(self, fields: Event) -> bytes:
+        """What a read's message records share, up to their ``"seq": ``."""
+        return b'{"ts": "%s", "event": "message"%s, "ip": %s, "port": %d, "conn": %d, "seq": ' % (
             self.stamps.iso(fields["time"]),
             self._node,
             _json_dumps(fields["ip"]).encode(),
             fields["port"],
             fields["conn"],
         )
+
+    def messages(self, fields: Event, lines: list[bytes]) -> bytes:
+        lead = self._lead(fields)
         first = fields["seq"]
         count = len(lines)
         if count == 1:
@@ -122,13 +126,7 @@ class JsonFormatter(Formatter):
         if body.find(b'"') >= 0:
             # A double quote is escaped: line by line.
             return self.messages(fields, body.split(b"\n"))
-        lead = b'{"ts": "%s", "event": "message"%s, "ip": %s, "port": %d, "conn": %d, "seq": ' % (
-            self.stamps.iso(fields["time"]),
-            self._node,
-            _json_dumps(fields["ip"]).encode(),
-            fields["port"],
-            fields["conn"],
-        )
+        lead = self._lead(fields)
         # Each line's seq differs, so the records are one template, made by
         # putting the record's parts around the lines with bytes.replace,
         # filled in with one %-formatting (which finds its "%"s by memchr);
