@@ -29,6 +29,13 @@ def busy_cpu_s() -> float:
     return (sum(fields) - fields[3] - fields[4]) / HZ
 
 
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of one running process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # After the command name come fields 3...: utime is field 14, stime 15.
+    return (int(fields[11]) + int(fields[12])) / HZ
+
+
 def own_cpu_s() -> float:
     """CPU seconds of this process (its own reading of logs, say) and of its reaped children."""
     mine = resource.getrusage(resource.RUSAGE_SELF)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from chatlog.bench import servers
+from chatlog.bench.quiet import process_cpu_s as process_cpu_s  # also for drivers, noisy
 
 #: Above this share of its own core the load generator may be what limits
 #: the throughput, not the server: such rows are flagged.
@@ -68,14 +69,6 @@ def core_ticks(cpu: int | None = None) -> tuple[int, int]:
                 # Interrupt time (v[5], v[6]) is mostly the loopback traffic itself: not counted.
                 return v[0] + v[1] + v[2] + v[7], sum(v)
     raise OSError(f"no {name.strip()} in /proc/stat")
-
-
-def process_cpu_s(pid: int) -> float:
-    """utime + stime of one process, in seconds."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    # After the command name come fields 3...: utime is field 14, stime 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def loadgen_once(

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chatlog.bench.quiet import HZ, QUIET_WAIT_S, busy_cpu_s, own_cpu_s, wait_quiet
+from chatlog.bench.quiet import QUIET_WAIT_S, busy_cpu_s, own_cpu_s, process_cpu_s, wait_quiet
 
 #: (name, client arguments) of each load.
 LOADS = {
@@ -60,12 +60,6 @@ LISTENING = re.compile(rb"listening on (\S+):(\d+), logging to")
 #: CPU seconds other processes may take during a run before it counts as spoiled.
 FOREIGN_LIMIT = 0.5
 RETRIES = 3
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds of a running process (``/proc/PID/stat``: utime + stime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / HZ
 
 
 def twistd() -> list[str]:
